@@ -1,0 +1,279 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/spf13/cobra"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/walrelay/walrelay/relay"
+	"github.com/walrelay/walrelay/walstream"
+)
+
+type relayFlags struct {
+	nodeID        string
+	listen        string
+	upstream      string
+	dataDir       string
+	httpAddr      string
+	noSlot        bool
+	slot          string
+	authFile      string
+	logLevel      string
+	logFormat     string
+	senderTimeout time.Duration
+	retainSize    string
+}
+
+func newRelayCmd() *cobra.Command {
+	var f relayFlags
+	cmd := &cobra.Command{
+		Use:   "relay",
+		Short: "Run a relay: one stream from the parent, served to many children",
+		Long: `Runs a relay in the foreground until SIGINT or SIGTERM.
+
+The relay streams WAL from --upstream (a primary, a standby or another relay)
+through a physical replication slot walrelay_<node-id>, stores it durably in
+--data-dir and serves it to standbys, pg_receivewal and relays that connect to
+--listen with the ordinary streaming replication protocol.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			log, err := newLogger(f.logLevel, f.logFormat)
+			if err != nil {
+				return err
+			}
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			return runRelay(ctx, f, log)
+		},
+	}
+	fl := cmd.Flags()
+	fl.StringVar(&f.nodeID, "node-id", "", "name of this relay (slot walrelay_<node-id> on the parent, application_name)")
+	fl.StringVar(&f.listen, "listen", "127.0.0.1:6432", "address for replication clients")
+	fl.StringVar(&f.upstream, "upstream", "", "libpq connection string of the parent")
+	fl.StringVar(&f.dataDir, "data-dir", "", "directory for WAL and slots")
+	fl.StringVar(&f.httpAddr, "http", "", "address for /status and /metrics (empty: off)")
+	fl.BoolVar(&f.noSlot, "no-slot", false, "stream without a replication slot on the parent")
+	fl.StringVar(&f.slot, "slot", "", "slot name on the parent (default walrelay_<node-id>)")
+	fl.StringVar(&f.authFile, "auth-file", "", "file of user:password or user:SCRAM-SHA-256$... lines; without it only loopback clients are accepted, without a password")
+	fl.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
+	fl.StringVar(&f.logFormat, "log-format", "text", "text or json")
+	fl.DurationVar(&f.senderTimeout, "sender-timeout", 60*time.Second, "disconnect children silent this long (wal_sender_timeout)")
+	fl.StringVar(&f.retainSize, "retain-size", "1GB", "WAL kept beyond what slots and connected children need")
+	cmd.MarkFlagRequired("node-id")
+	cmd.MarkFlagRequired("upstream")
+	cmd.MarkFlagRequired("data-dir")
+	return cmd
+}
+
+func newLogger(level, format string) (*slog.Logger, error) {
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("--log-level: %w", err)
+	}
+	opts := &slog.HandlerOptions{Level: lv}
+	switch format {
+	case "text":
+		return slog.New(slog.NewTextHandler(os.Stderr, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(os.Stderr, opts)), nil
+	default:
+		return nil, fmt.Errorf("--log-format %q: want text or json", format)
+	}
+}
+
+// slotName turns a node id into a valid PostgreSQL slot name.
+func slotName(nodeID string) string {
+	var b strings.Builder
+	b.WriteString("walrelay_")
+	for _, c := range strings.ToLower(nodeID) {
+		if c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '_' {
+			b.WriteRune(c)
+		} else {
+			b.WriteByte('_')
+		}
+	}
+	s := b.String()
+	if len(s) > 63 {
+		s = s[:63]
+	}
+	return s
+}
+
+func runRelay(ctx context.Context, f relayFlags, log *slog.Logger) error {
+	retain, err := parseSize(f.retainSize)
+	if err != nil {
+		return fmt.Errorf("--retain-size: %w", err)
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+
+	store, err := walstream.OpenStore(f.dataDir, walstream.StoreOptions{Logger: log})
+	if err != nil {
+		return err
+	}
+	defer store.Close()
+
+	slot := f.slot
+	if slot == "" {
+		slot = slotName(f.nodeID)
+	}
+	if f.noSlot {
+		slot = ""
+	}
+	up, err := walstream.NewUpstream(walstream.UpstreamConfig{
+		ConnString: f.upstream,
+		NodeID:     f.nodeID,
+		Slot:       slot,
+		Logger:     log,
+		Registerer: reg,
+	}, store)
+	if err != nil {
+		return err
+	}
+	var creds *relay.Credentials
+	if f.authFile != "" {
+		if creds, err = relay.LoadCredentialsFile(f.authFile); err != nil {
+			return err
+		}
+	}
+	srv, err := relay.NewServer(relay.Config{
+		NodeID:        f.nodeID,
+		Source:        store,
+		Upstream:      up,
+		Credentials:   creds,
+		SlotDir:       filepath.Join(f.dataDir, "slots"),
+		SenderTimeout: f.senderTimeout,
+		Logger:        log,
+		Registerer:    reg,
+	})
+	if err != nil {
+		return err
+	}
+	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "walrelay_durable_lsn_bytes", Help: "Durable end of the relay's WAL, as a byte position.",
+	}, func() float64 { _, end := store.DurableEnd(); return float64(end) }))
+
+	ln, err := net.Listen("tcp", f.listen)
+	if err != nil {
+		return fmt.Errorf("listen: %w", err)
+	}
+	var httpSrv *http.Server
+	var httpLn net.Listener
+	if f.httpAddr != "" {
+		if httpLn, err = net.Listen("tcp", f.httpAddr); err != nil {
+			ln.Close()
+			return fmt.Errorf("listen --http: %w", err)
+		}
+		mux := http.NewServeMux()
+		mux.Handle("/status", srv.StatusHandler(up))
+		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+		mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("ok\n")) })
+		httpSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	}
+	log.Info("relay starting", "node_id", f.nodeID, "listen", ln.Addr().String(), "http", f.httpAddr,
+		"data_dir", f.dataDir, "slot", slot, "version", version)
+
+	upCtx, stopUpstream := context.WithCancel(context.Background())
+	defer stopUpstream()
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return up.Run(upCtx) })
+	g.Go(func() error {
+		if err := srv.Serve(ln); !errors.Is(err, relay.ErrServerClosed) {
+			return err
+		}
+		return nil
+	})
+	if httpSrv != nil {
+		g.Go(func() error {
+			if err := httpSrv.Serve(httpLn); !errors.Is(err, http.ErrServerClosed) {
+				return err
+			}
+			return nil
+		})
+	}
+	g.Go(func() error { return retainLoop(gctx, store, srv, retain, log) })
+	g.Go(func() error {
+		<-gctx.Done()
+		log.Info("relay shutting down")
+		sctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+		defer cancel()
+		err := srv.Shutdown(sctx)
+		stopUpstream()
+		if httpSrv != nil {
+			httpSrv.Shutdown(sctx)
+		}
+		return err
+	})
+	err = g.Wait()
+	if cerr := store.Close(); cerr != nil && err == nil {
+		err = cerr
+	}
+	if err != nil && ctx.Err() == nil {
+		return err
+	}
+	log.Info("relay stopped")
+	return nil
+}
+
+// retainLoop removes segments no slot or child needs beyond the newest
+// retain bytes.
+func retainLoop(ctx context.Context, store *walstream.Store, srv *relay.Server, retain uint64, log *slog.Logger) error {
+	t := time.NewTicker(10 * time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+		_, end := store.DurableEnd()
+		if uint64(end) <= retain {
+			continue
+		}
+		keep := end - walstream.LSN(retain)
+		if needed, ok := srv.OldestNeeded(); ok && needed < keep {
+			keep = needed
+		}
+		n, err := store.RemoveBefore(keep)
+		if err != nil {
+			log.Error("removing old WAL", "err", err)
+		} else if n > 0 {
+			log.Info("removed old WAL segments", "count", n, "keep_from", keep.String())
+		}
+	}
+}
+
+// parseSize parses sizes like 512MB, 1GB, 1048576.
+func parseSize(s string) (uint64, error) {
+	s = strings.TrimSpace(strings.ToUpper(s))
+	mult := uint64(1)
+	for _, u := range []struct {
+		suffix string
+		mult   uint64
+	}{{"TB", 1 << 40}, {"GB", 1 << 30}, {"MB", 1 << 20}, {"KB", 1 << 10}, {"B", 1}} {
+		if strings.HasSuffix(s, u.suffix) {
+			s, mult = strings.TrimSpace(strings.TrimSuffix(s, u.suffix)), u.mult
+			break
+		}
+	}
+	var n uint64
+	if _, err := fmt.Sscanf(s, "%d", &n); err != nil {
+		return 0, fmt.Errorf("invalid size %q", s)
+	}
+	return n * mult, nil
+}

@@ -1,0 +1,295 @@
+package relay
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/walrelay/walrelay/walstream"
+)
+
+// WALSource is the relay's view of its local WAL: what the segment store
+// offers. All methods are safe for concurrent use.
+type WALSource interface {
+	// Identity is the upstream's system identifier and segment size; false
+	// until the relay has talked to its upstream once.
+	Identity() (walstream.Identity, bool)
+	// ServerVersion is the upstream's server_version.
+	ServerVersion() string
+	// DurableEnd is how far WAL is fsynced and may be served.
+	DurableEnd() (walstream.TimeLineID, walstream.LSN)
+	// Wait returns a channel closed when the durable end next moves.
+	Wait() <-chan struct{}
+	// ReadAt reads durable WAL without crossing a segment boundary; a
+	// segment not held gives an error matching walstream.ErrWALRemoved.
+	ReadAt(tli walstream.TimeLineID, lsn walstream.LSN, p []byte) (int, error)
+	// OldestLSN is the first position held on tli.
+	OldestLSN(tli walstream.TimeLineID) (walstream.LSN, bool)
+	// History returns a stored timeline history file.
+	History(tli walstream.TimeLineID) ([]byte, bool)
+}
+
+// UpstreamProgress reports how far the relay's parent is: WAL up to there
+// exists and is on its way.
+type UpstreamProgress interface {
+	ServerWALEnd() walstream.LSN
+}
+
+// Config configures a Server.
+type Config struct {
+	NodeID string
+	Source WALSource
+	// Upstream lets a client that asks for WAL a little ahead of the relay
+	// wait for it instead of getting an error. May be nil.
+	Upstream UpstreamProgress
+	// Credentials: nil or empty trusts loopback clients only.
+	Credentials *Credentials
+	// SlotDir holds the relay-local replication slots.
+	SlotDir string
+	// SenderTimeout is wal_sender_timeout: a client silent this long is
+	// disconnected, and asked for a reply at half of it. Default 60 s.
+	SenderTimeout time.Duration
+	// ShutdownGrace bounds how long Shutdown waits for children to confirm
+	// the last WAL sent. Default 5 s.
+	ShutdownGrace time.Duration
+	Logger        *slog.Logger
+	Registerer    prometheus.Registerer
+}
+
+// Validate checks the configuration and fills in defaults.
+func (c *Config) Validate() error {
+	if c.NodeID == "" {
+		return errors.New("relay: node id is empty")
+	}
+	if c.Source == nil {
+		return errors.New("relay: no WAL source")
+	}
+	if c.SlotDir == "" {
+		return errors.New("relay: slot directory is empty")
+	}
+	if c.SenderTimeout <= 0 {
+		c.SenderTimeout = 60 * time.Second
+	}
+	if c.ShutdownGrace <= 0 {
+		c.ShutdownGrace = 5 * time.Second
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	return nil
+}
+
+// Server speaks the PostgreSQL streaming replication protocol to children:
+// standbys, pg_receivewal, other relays. Each connection is a session with
+// its own goroutines; a slow or broken one affects only itself.
+type Server struct {
+	cfg   Config
+	log   *slog.Logger
+	slots *slotStore
+	m     *serverMetrics
+
+	nextPID atomic.Int32
+
+	mu        sync.Mutex
+	listeners map[net.Listener]struct{}
+	sessions  map[*session]struct{}
+	closing   bool
+	wg        sync.WaitGroup
+
+	// stopStreams is closed by Shutdown: streaming sessions finish sending
+	// what is durable and end the stream the way a walsender does.
+	stopStreams chan struct{}
+	stopOnce    sync.Once
+}
+
+// ErrServerClosed is returned by Serve after Shutdown.
+var ErrServerClosed = errors.New("relay: server closed")
+
+// NewServer returns a server; call Serve to accept connections.
+func NewServer(cfg Config) (*Server, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	slots, err := openSlotStore(cfg.SlotDir, cfg.Logger)
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{
+		cfg:         cfg,
+		log:         cfg.Logger,
+		slots:       slots,
+		m:           newServerMetrics(cfg.Registerer),
+		listeners:   make(map[net.Listener]struct{}),
+		sessions:    make(map[*session]struct{}),
+		stopStreams: make(chan struct{}),
+	}
+	// Backend PIDs name clients' temporary slots (pg_basebackup_<pid>); a
+	// random base keeps them apart across relay restarts.
+	var b [2]byte
+	rand.Read(b[:])
+	s.nextPID.Store(int32(100000 + int(binary.BigEndian.Uint16(b[:]))*10))
+	return s, nil
+}
+
+// Serve accepts connections on ln until Shutdown, and returns
+// ErrServerClosed then.
+func (s *Server) Serve(ln net.Listener) error {
+	s.mu.Lock()
+	if s.closing {
+		s.mu.Unlock()
+		return ErrServerClosed
+	}
+	s.listeners[ln] = struct{}{}
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.listeners, ln)
+		s.mu.Unlock()
+	}()
+	var delay time.Duration
+	for {
+		conn, err := ln.Accept()
+		if err != nil {
+			s.mu.Lock()
+			closing := s.closing
+			s.mu.Unlock()
+			if closing {
+				return ErrServerClosed
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+				time.Sleep(delay)
+				continue
+			}
+			return fmt.Errorf("accept on %s: %w", ln.Addr(), err)
+		}
+		delay = 0
+		s.startSession(conn)
+	}
+}
+
+func (s *Server) startSession(conn net.Conn) {
+	sess := newSession(s, conn, s.nextPID.Add(1))
+	s.mu.Lock()
+	if s.closing {
+		s.mu.Unlock()
+		conn.Close()
+		return
+	}
+	s.sessions[sess] = struct{}{}
+	s.wg.Add(1)
+	s.mu.Unlock()
+	s.m.connections.Inc()
+	go func() {
+		defer s.wg.Done()
+		defer s.m.connections.Dec()
+		sess.run()
+		s.mu.Lock()
+		delete(s.sessions, sess)
+		s.mu.Unlock()
+	}()
+}
+
+// Shutdown stops accepting, lets streaming children receive what is durable
+// and ends their streams, then closes every connection. It returns when all
+// sessions are gone or ctx ends (then remaining connections are closed).
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	s.closing = true
+	for ln := range s.listeners {
+		ln.Close()
+	}
+	s.mu.Unlock()
+	s.stopOnce.Do(func() { close(s.stopStreams) })
+
+	done := make(chan struct{})
+	go func() {
+		s.wg.Wait()
+		close(done)
+	}()
+	// Idle command-mode sessions would wait for a query forever: close them
+	// after the streaming ones had their grace period.
+	grace := time.NewTimer(s.cfg.ShutdownGrace)
+	defer grace.Stop()
+	var err error
+	select {
+	case <-done:
+	case <-grace.C:
+	case <-ctx.Done():
+		err = ctx.Err()
+	}
+	s.mu.Lock()
+	for sess := range s.sessions {
+		sess.conn.Close()
+	}
+	s.mu.Unlock()
+	<-done
+	if ferr := s.slots.flush(); ferr != nil && err == nil {
+		err = ferr
+	}
+	return err
+}
+
+// Sessions returns a snapshot of every connected client.
+func (s *Server) Sessions() []SessionStatus {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]SessionStatus, 0, len(s.sessions))
+	for sess := range s.sessions {
+		if st, ok := sess.status(); ok {
+			out = append(out, st)
+		}
+	}
+	return out
+}
+
+// Slots returns the relay-local replication slots.
+func (s *Server) Slots() []SlotStatus { return s.slots.list() }
+
+// OldestNeeded returns the oldest position any slot or streaming child still
+// needs, so retention keeps it; false when nothing pins WAL.
+func (s *Server) OldestNeeded() (walstream.LSN, bool) {
+	oldest, ok := s.slots.oldest()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for sess := range s.sessions {
+		if p, held := sess.pinned(); held && (!ok || p < oldest) {
+			oldest, ok = p, true
+		}
+	}
+	return oldest, ok
+}
+
+type serverMetrics struct {
+	connections prometheus.Gauge
+	sentBytes   prometheus.Counter
+	sessions    *prometheus.CounterVec
+}
+
+func newServerMetrics(reg prometheus.Registerer) *serverMetrics {
+	m := &serverMetrics{
+		connections: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "walrelay_downstream_connections", Help: "Connected downstream clients.",
+		}),
+		sentBytes: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "walrelay_downstream_sent_bytes_total", Help: "WAL bytes sent to downstream clients.",
+		}),
+		sessions: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "walrelay_downstream_sessions_total", Help: "Downstream connections by how they ended.",
+		}, []string{"result"}),
+	}
+	if reg != nil {
+		reg.MustRegister(m.connections, m.sentBytes, m.sessions)
+	}
+	return m
+}

@@ -1,0 +1,467 @@
+package relay
+
+import (
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/walrelay/walrelay/walstream"
+)
+
+const (
+	startupTimeout = 60 * time.Second // authentication_timeout
+	maxMessageLen  = 1 << 20          // a replication client never sends more
+)
+
+// session is one client connection. Its run goroutine owns the connection:
+// it reads commands, and while streaming it hands reads to a receiver
+// goroutine and keeps all writes for itself.
+type session struct {
+	srv  *Server
+	conn net.Conn
+	be   *pgproto3.Backend
+	pid  int32
+	log  *slog.Logger
+
+	mu       sync.Mutex
+	info     SessionStatus
+	started  bool // startup completed
+	tempSlot []string
+}
+
+func newSession(srv *Server, conn net.Conn, pid int32) *session {
+	be := pgproto3.NewBackend(conn, conn)
+	be.SetMaxBodyLen(maxMessageLen)
+	return &session{
+		srv:  srv,
+		conn: conn,
+		be:   be,
+		pid:  pid,
+		log:  srv.log.With("client", conn.RemoteAddr().String(), "pid", pid),
+		info: SessionStatus{PID: pid, Address: conn.RemoteAddr().String(), State: "startup", ConnectedAt: time.Now()},
+	}
+}
+
+func (s *session) run() {
+	defer s.conn.Close()
+	defer s.dropTemporarySlots()
+	if err := s.startup(); err != nil {
+		s.srv.m.sessions.WithLabelValues("rejected").Inc()
+		var pe *PGError
+		if errors.As(err, &pe) {
+			s.log.Info("connection rejected", "sqlstate", pe.Code, "err", pe.Message)
+			s.sendError(pe)
+		} else if !errors.Is(err, io.EOF) {
+			s.log.Info("connection dropped during startup", "err", err)
+		}
+		return
+	}
+	err := s.commandLoop()
+	switch {
+	case err == nil || errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed):
+		s.srv.m.sessions.WithLabelValues("ok").Inc()
+		s.log.Debug("client disconnected")
+	default:
+		s.srv.m.sessions.WithLabelValues("error").Inc()
+		var pe *PGError
+		if errors.As(err, &pe) {
+			s.sendError(pe)
+		}
+		s.log.Info("client session ended", "err", err)
+	}
+}
+
+func (s *session) sendError(pe *PGError) {
+	s.conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
+	s.be.Send(pe.Response())
+	s.be.Flush()
+}
+
+// startup negotiates encryption (declined), reads the StartupMessage,
+// authenticates and sends the parameters clients check.
+func (s *session) startup() error {
+	s.conn.SetDeadline(time.Now().Add(startupTimeout))
+	defer s.conn.SetDeadline(time.Time{})
+	var sm *pgproto3.StartupMessage
+	for sm == nil {
+		msg, err := s.be.ReceiveStartupMessage()
+		if err != nil {
+			if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+				return io.EOF
+			}
+			return fatalf("08P01", "invalid startup packet: %v", err)
+		}
+		switch msg := msg.(type) {
+		case *pgproto3.SSLRequest, *pgproto3.GSSEncRequest:
+			// Not offered yet: 'N' and the client continues in plain text.
+			if _, err := s.conn.Write([]byte{'N'}); err != nil {
+				return err
+			}
+		case *pgproto3.CancelRequest:
+			return io.EOF
+		case *pgproto3.StartupMessage:
+			sm = msg
+		}
+	}
+	user := sm.Parameters["user"]
+	if user == "" {
+		return fatalf("28000", "no PostgreSQL user name specified in startup packet")
+	}
+	if err := checkReplicationParam(sm.Parameters["replication"]); err != nil {
+		return err
+	}
+	id, ok := s.srv.cfg.Source.Identity()
+	if !ok {
+		return fatalf("57P03", "the relay is starting up: it has not reached its upstream yet")
+	}
+	if err := Authenticate(s.be, user, s.conn.RemoteAddr(), s.srv.cfg.Credentials); err != nil {
+		return err
+	}
+	app := sm.Parameters["application_name"]
+	s.mu.Lock()
+	s.info.User, s.info.ApplicationName, s.info.State = user, app, "idle"
+	s.started = true
+	s.mu.Unlock()
+	s.log = s.log.With("application_name", app, "user", user)
+
+	for _, p := range s.parameterStatus(id, app, user) {
+		s.be.Send(&pgproto3.ParameterStatus{Name: p[0], Value: p[1]})
+	}
+	var secret [4]byte
+	rand.Read(secret[:])
+	s.be.Send(&pgproto3.BackendKeyData{ProcessID: uint32(s.pid), SecretKey: secret[:]})
+	s.be.Send(&pgproto3.ReadyForQuery{TxStatus: 'I'})
+	return s.be.Flush()
+}
+
+// checkReplicationParam accepts only physical replication connections.
+func checkReplicationParam(v string) error {
+	switch strings.ToLower(v) {
+	case "true", "on", "yes", "1":
+		return nil
+	case "database":
+		return fatalf("0A000", "walrelay serves physical replication only: logical replication (replication=database) must connect to the primary")
+	case "", "false", "off", "no", "0":
+		return fatalf("0A000", "walrelay serves physical replication only: connect with replication=true, or run SQL on the primary or a standby")
+	default:
+		return fatalf("22023", "invalid value for parameter \"replication\": \"%s\"", v)
+	}
+}
+
+// parameterStatus is what a PostgreSQL 15 walsender announces after auth.
+func (s *session) parameterStatus(id walstream.Identity, app, user string) [][2]string {
+	version := s.srv.cfg.Source.ServerVersion()
+	if version == "" {
+		version = "15.0"
+	}
+	return [][2]string{
+		{"application_name", app},
+		{"client_encoding", "UTF8"},
+		{"DateStyle", "ISO, MDY"},
+		{"default_transaction_read_only", "off"},
+		{"in_hot_standby", "off"},
+		{"integer_datetimes", "on"},
+		{"IntervalStyle", "postgres"},
+		{"is_superuser", "on"},
+		{"server_encoding", "UTF8"},
+		{"server_version", version},
+		{"session_authorization", user},
+		{"standard_conforming_strings", "on"},
+		{"TimeZone", "UTC"},
+	}
+}
+
+// commandLoop reads simple-protocol queries until the client leaves.
+func (s *session) commandLoop() error {
+	for {
+		msg, err := s.be.Receive()
+		if err != nil {
+			if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, net.ErrClosed) {
+				return io.EOF
+			}
+			return fatalf("08P01", "invalid frontend message: %v", err)
+		}
+		switch msg := msg.(type) {
+		case *pgproto3.Query:
+			if err := s.execQuery(msg.String); err != nil {
+				return err
+			}
+		case *pgproto3.Terminate:
+			return nil
+		case *pgproto3.Parse, *pgproto3.Bind, *pgproto3.Describe, *pgproto3.Execute, *pgproto3.Close, *pgproto3.FunctionCall:
+			if err := s.rejectExtended(); err != nil {
+				return err
+			}
+		case *pgproto3.Sync:
+			s.be.Send(&pgproto3.ReadyForQuery{TxStatus: 'I'})
+			if err := s.be.Flush(); err != nil {
+				return err
+			}
+		case *pgproto3.Flush, *pgproto3.CopyData, *pgproto3.CopyDone, *pgproto3.CopyFail:
+			// Ignored outside COPY, as a walsender does.
+		default:
+			return fatalf("08P01", "invalid frontend message type %T", msg)
+		}
+	}
+}
+
+// rejectExtended answers an extended-protocol message and skips the rest of
+// that batch up to its Sync.
+func (s *session) rejectExtended() error {
+	s.be.Send(errorf("08P01", "extended query protocol not supported in a replication connection").Response())
+	if err := s.be.Flush(); err != nil {
+		return err
+	}
+	for {
+		msg, err := s.be.Receive()
+		if err != nil {
+			return err
+		}
+		switch msg.(type) {
+		case *pgproto3.Sync:
+			s.be.Send(&pgproto3.ReadyForQuery{TxStatus: 'I'})
+			return s.be.Flush()
+		case *pgproto3.Terminate:
+			return io.EOF
+		}
+	}
+}
+
+// execQuery runs one replication command. Errors the client should see as
+// ERROR are sent here and keep the connection usable; a returned error ends
+// the session.
+func (s *session) execQuery(q string) error {
+	cmd, err := ParseCommand(q)
+	if errors.Is(err, ErrEmptyQuery) {
+		s.be.Send(&pgproto3.EmptyQueryResponse{})
+		s.be.Send(&pgproto3.ReadyForQuery{TxStatus: 'I'})
+		return s.be.Flush()
+	}
+	if err == nil {
+		s.log.Debug("command", "query", q)
+		err = s.exec(cmd)
+	}
+	var pe *PGError
+	if errors.As(err, &pe) && pe.Severity != "FATAL" {
+		s.log.Info("command failed", "query", q, "sqlstate", pe.Code, "err", pe.Message)
+		s.be.Send(pe.Response())
+		s.be.Send(&pgproto3.ReadyForQuery{TxStatus: 'I'})
+		return s.be.Flush()
+	}
+	return err
+}
+
+func (s *session) exec(cmd Command) error {
+	switch cmd.Kind {
+	case CmdIdentifySystem:
+		return s.identifySystem()
+	case CmdShow:
+		return s.show(cmd.Setting)
+	case CmdTimelineHistory:
+		return s.timelineHistory(cmd.Timeline)
+	case CmdReadReplicationSlot:
+		return s.readReplicationSlot(cmd.Slot)
+	case CmdCreateReplicationSlot:
+		return s.createReplicationSlot(cmd)
+	case CmdDropReplicationSlot:
+		return s.dropReplicationSlot(cmd)
+	case CmdStartReplication:
+		if cmd.Logical {
+			return errorf("0A000", "walrelay serves physical replication only: stream logical replication from the primary")
+		}
+		return s.startReplication(cmd)
+	case CmdBaseBackup:
+		return errorf("0A000", "BASE_BACKUP is not supported by walrelay: take the base backup from the primary or a standby (pg_basebackup -h PRIMARY), then point primary_conninfo at the relay")
+	default:
+		return errorf("0A000", "command not supported by walrelay: %s", cmd.Raw)
+	}
+}
+
+func (s *session) identifySystem() error {
+	id, _ := s.srv.cfg.Source.Identity()
+	tli, end := s.srv.cfg.Source.DurableEnd()
+	return s.sendResult("IDENTIFY_SYSTEM",
+		[]column{textCol("systemid"), int4Col("timeline"), textCol("xlogpos"), textCol("dbname")},
+		[][]any{{strconv.FormatUint(id.SystemID, 10), int64(tli), end.String(), nil}})
+}
+
+func (s *session) show(setting string) error {
+	id, _ := s.srv.cfg.Source.Identity()
+	var value string
+	switch setting {
+	case "wal_segment_size":
+		value = walstream.FormatSegmentSize(id.SegmentSize)
+	case "data_directory_mode":
+		value = "0700"
+	case "server_version":
+		value = s.srv.cfg.Source.ServerVersion()
+	case "wal_block_size":
+		value = strconv.Itoa(walstream.PageSize)
+	case "integer_datetimes":
+		value = "on"
+	case "server_encoding", "client_encoding":
+		value = "UTF8"
+	default:
+		return errorf("42704", "unrecognized configuration parameter \"%s\"", setting)
+	}
+	return s.sendResult("SHOW", []column{textCol(setting)}, [][]any{{value}})
+}
+
+func (s *session) timelineHistory(tli walstream.TimeLineID) error {
+	content, ok := s.srv.cfg.Source.History(tli)
+	name := walstream.HistoryFileName(tli)
+	if !ok {
+		return errorf("58P01", "could not open file \"pg_wal/%s\": No such file or directory", name)
+	}
+	// content carries typmod 0, not -1, exactly like a walsender.
+	cols := []column{textCol("filename"), {name: "content", oid: oidText, size: -1, typmod: 0}}
+	return s.sendResult("TIMELINE_HISTORY", cols, [][]any{{name, string(content)}})
+}
+
+func (s *session) readReplicationSlot(name string) error {
+	cols := []column{textCol("slot_type"), textCol("restart_lsn"), int8Col("restart_tli")}
+	sl, ok := s.srv.slots.get(name)
+	switch {
+	case !ok:
+		return s.sendResult("READ_REPLICATION_SLOT", cols, [][]any{{nil, nil, nil}})
+	case sl.RestartLSN == walstream.InvalidLSN:
+		return s.sendResult("READ_REPLICATION_SLOT", cols, [][]any{{"physical", nil, nil}})
+	default:
+		return s.sendResult("READ_REPLICATION_SLOT", cols, [][]any{{"physical", sl.RestartLSN.String(), int64(sl.RestartTLI)}})
+	}
+}
+
+func (s *session) createReplicationSlot(cmd Command) error {
+	if cmd.Logical {
+		return errorf("0A000", "walrelay serves physical replication only: create logical replication slots on the primary")
+	}
+	var restart walstream.LSN
+	var tli walstream.TimeLineID
+	if cmd.ReserveWAL {
+		// Like a standby: reserve from the oldest WAL a new client could
+		// still need, the segment holding the current end.
+		var end walstream.LSN
+		tli, end = s.srv.cfg.Source.DurableEnd()
+		id, _ := s.srv.cfg.Source.Identity()
+		restart = end.SegmentStart(id.SegmentSize)
+	}
+	if err := s.srv.slots.create(cmd.Slot, cmd.Temporary, restart, tli); err != nil {
+		return err
+	}
+	if cmd.Temporary {
+		s.mu.Lock()
+		s.tempSlot = append(s.tempSlot, cmd.Slot)
+		s.mu.Unlock()
+	}
+	s.log.Info("replication slot created", "slot", cmd.Slot, "temporary", cmd.Temporary, "restart_lsn", restart.String())
+	return s.sendResult("CREATE_REPLICATION_SLOT",
+		[]column{textCol("slot_name"), textCol("consistent_point"), textCol("snapshot_name"), textCol("output_plugin")},
+		[][]any{{cmd.Slot, "0/0", nil, nil}})
+}
+
+func (s *session) dropReplicationSlot(cmd Command) error {
+	deadline := time.Now().Add(s.srv.cfg.SenderTimeout)
+	for {
+		err := s.srv.slots.drop(cmd.Slot)
+		var pe *PGError
+		if cmd.Wait && errors.As(err, &pe) && pe.Code == "55006" && time.Now().Before(deadline) {
+			time.Sleep(100 * time.Millisecond)
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		break
+	}
+	s.log.Info("replication slot dropped", "slot", cmd.Slot)
+	s.be.Send(&pgproto3.CommandComplete{CommandTag: []byte("DROP_REPLICATION_SLOT")})
+	s.be.Send(&pgproto3.ReadyForQuery{TxStatus: 'I'})
+	return s.be.Flush()
+}
+
+func (s *session) dropTemporarySlots() {
+	s.mu.Lock()
+	names := s.tempSlot
+	s.tempSlot = nil
+	s.mu.Unlock()
+	for _, n := range names {
+		s.srv.slots.release(n, s.pid)
+		if err := s.srv.slots.drop(n); err != nil {
+			s.log.Warn("drop temporary slot", "slot", n, "err", err)
+		}
+	}
+}
+
+func (s *session) status() (SessionStatus, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.info, s.started
+}
+
+// pinned is the oldest position this session's stream may still read.
+func (s *session) pinned() (walstream.LSN, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.info.State != "streaming" {
+		return 0, false
+	}
+	p := s.info.pinFrom
+	return p, true
+}
+
+// column describes one result column (text format, no table).
+type column struct {
+	name   string
+	oid    uint32
+	size   int16
+	typmod int32
+}
+
+const (
+	oidText = 25
+	oidInt4 = 23
+	oidInt8 = 20
+)
+
+func textCol(name string) column { return column{name: name, oid: oidText, size: -1, typmod: -1} }
+func int4Col(name string) column { return column{name: name, oid: oidInt4, size: 4, typmod: -1} }
+func int8Col(name string) column { return column{name: name, oid: oidInt8, size: 8, typmod: -1} }
+
+// sendResult sends a result set, CommandComplete and ReadyForQuery. Values
+// are string, int64 or nil (NULL).
+func (s *session) sendResult(tag string, cols []column, rows [][]any) error {
+	rd := &pgproto3.RowDescription{Fields: make([]pgproto3.FieldDescription, len(cols))}
+	for i, c := range cols {
+		rd.Fields[i] = pgproto3.FieldDescription{
+			Name: []byte(c.name), DataTypeOID: c.oid, DataTypeSize: c.size, TypeModifier: c.typmod,
+		}
+	}
+	s.be.Send(rd)
+	for _, row := range rows {
+		dr := &pgproto3.DataRow{Values: make([][]byte, len(row))}
+		for i, v := range row {
+			switch v := v.(type) {
+			case nil:
+			case string:
+				dr.Values[i] = []byte(v)
+			case int64:
+				dr.Values[i] = strconv.AppendInt(nil, v, 10)
+			default:
+				panic(fmt.Sprintf("sendResult: unsupported value %T", v))
+			}
+		}
+		s.be.Send(dr)
+	}
+	s.be.Send(&pgproto3.CommandComplete{CommandTag: []byte(tag)})
+	s.be.Send(&pgproto3.ReadyForQuery{TxStatus: 'I'})
+	return s.be.Flush()
+}

@@ -1,0 +1,396 @@
+package relay
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/walrelay/walrelay/walstream"
+)
+
+// SessionStatus describes one downstream client, for /status.
+type SessionStatus struct {
+	PID             int32                `json:"pid"`
+	ApplicationName string               `json:"application_name"`
+	User            string               `json:"user"`
+	Address         string               `json:"address"`
+	State           string               `json:"state"` // startup, idle, streaming
+	Slot            string               `json:"slot,omitempty"`
+	Timeline        walstream.TimeLineID `json:"timeline,omitempty"`
+	SentLSN         walstream.LSN        `json:"sent_lsn"`
+	WriteLSN        walstream.LSN        `json:"write_lsn"`
+	FlushLSN        walstream.LSN        `json:"flush_lsn"`
+	ReplayLSN       walstream.LSN        `json:"replay_lsn"`
+	// LagBytes is how far the client's flush (or write, for clients that
+	// report no flush) is behind the relay's durable end.
+	LagBytes         uint64    `json:"lag_bytes"`
+	WriteLagSeconds  float64   `json:"write_lag_seconds"`
+	FlushLagSeconds  float64   `json:"flush_lag_seconds"`
+	ReplayLagSeconds float64   `json:"replay_lag_seconds"`
+	Xmin             uint32    `json:"xmin,omitempty"`
+	XminEpoch        uint32    `json:"xmin_epoch,omitempty"`
+	CatalogXmin      uint32    `json:"catalog_xmin,omitempty"`
+	ConnectedAt      time.Time `json:"connected_at"`
+	LastReplyAt      time.Time `json:"last_reply_at,omitzero"`
+	pinFrom          walstream.LSN
+}
+
+// errCopyDone reports that the client ended COPY mode.
+var errCopyDone = errors.New("client sent CopyDone")
+
+// startReplication runs START_REPLICATION ... PHYSICAL: checks done before
+// CopyBothResponse fail as plain errors, those after it end COPY with an
+// ErrorResponse, as in walsender.c.
+func (s *session) startReplication(cmd Command) error {
+	src := s.srv.cfg.Source
+	tli, durable := src.DurableEnd()
+	id, _ := src.Identity()
+	if cmd.Slot != "" {
+		if err := s.srv.slots.acquire(cmd.Slot, s.pid); err != nil {
+			return err
+		}
+		defer s.srv.slots.release(cmd.Slot, s.pid)
+	}
+	reqTLI := cmd.Timeline
+	if reqTLI == 0 {
+		reqTLI = tli
+	}
+	if reqTLI != tli {
+		return errorf("XX000", "requested timeline %d is not in this server's history", reqTLI)
+	}
+	s.be.Send(&pgproto3.CopyBothResponse{OverallFormat: 0})
+	if err := s.be.Flush(); err != nil {
+		return err
+	}
+	start := cmd.StartLSN
+	if start > durable {
+		var upstreamEnd walstream.LSN
+		if up := s.srv.cfg.Upstream; up != nil {
+			upstreamEnd = up.ServerWALEnd()
+		}
+		if start > upstreamEnd {
+			return s.copyError(errorf("XX000", "requested starting point %s is ahead of the WAL flush position of this server %s", start, durable))
+		}
+		// The WAL exists upstream and is on its way: hold the stream open
+		// instead of making the client retry every few seconds.
+		s.log.Info("client asked for WAL the relay has not received yet; waiting for it",
+			"start_lsn", start.String(), "durable_lsn", durable.String(), "upstream_lsn", upstreamEnd.String())
+	}
+	heldFrom := durable.SegmentStart(id.SegmentSize)
+	if oldest, ok := src.OldestLSN(tli); ok {
+		heldFrom = oldest
+	}
+	if start < heldFrom {
+		seg := walstream.SegmentFileName(tli, start.SegmentNo(id.SegmentSize), id.SegmentSize)
+		return s.copyError(errorf("58P01", "requested WAL segment %s has already been removed", seg))
+	}
+	return s.stream(tli, start, cmd.Slot)
+}
+
+// copyError sends an error that ends COPY mode, then ReadyForQuery.
+func (s *session) copyError(pe *PGError) error {
+	s.log.Info("START_REPLICATION refused", "sqlstate", pe.Code, "err", pe.Message)
+	s.be.Send(pe.Response())
+	s.be.Send(&pgproto3.ReadyForQuery{TxStatus: 'I'})
+	return s.be.Flush()
+}
+
+// streamState is shared by a streaming session's sender (the run goroutine)
+// and its receiver goroutine.
+type streamState struct {
+	lastRecv    atomic.Int64 // unix nanos of the last client message
+	replyWanted chan struct{}
+	recvDone    chan error
+}
+
+// stream sends WAL from start until the client ends COPY, disconnects, times
+// out, or the server shuts down. The caller's goroutine is the only writer.
+func (s *session) stream(tli walstream.TimeLineID, start walstream.LSN, slot string) error {
+	src := s.srv.cfg.Source
+	timeout := s.srv.cfg.SenderTimeout
+	st := &streamState{replyWanted: make(chan struct{}, 1), recvDone: make(chan error, 1)}
+	st.lastRecv.Store(time.Now().UnixNano())
+	lag := newLagTracker()
+
+	s.mu.Lock()
+	s.info.State, s.info.Slot, s.info.Timeline, s.info.SentLSN, s.info.pinFrom = "streaming", slot, tli, start, start
+	s.mu.Unlock()
+	s.log.Info("streaming started", "timeline", tli, "start_lsn", start.String(), "slot", slot)
+	defer func() {
+		s.mu.Lock()
+		s.info.State = "idle"
+		s.mu.Unlock()
+	}()
+
+	recvExited := make(chan struct{})
+	go func() {
+		defer close(recvExited)
+		st.recvDone <- s.receiveLoop(st, lag, slot)
+	}()
+	// Any return other than CopyDone closes the connection, which ends the
+	// receiver; CopyDone ends it by itself.
+	closeConn := true
+	defer func() {
+		if closeConn {
+			s.conn.Close()
+		}
+		<-recvExited
+	}()
+
+	tick := time.NewTicker(min(time.Second, timeout/4))
+	defer tick.Stop()
+	buf := make([]byte, walstream.XLogDataHeaderLen+walstream.MaxSendSize)
+	pos := start
+	pinged := false
+	stopping := s.srv.stopStreams
+	for {
+		wake := src.Wait()
+		_, durable := src.DurableEnd()
+		if pos < durable {
+			var err error
+			if pos, err = s.sendWAL(tli, pos, durable, buf); err != nil {
+				return err
+			}
+			lag.sent(pos, time.Now())
+			s.mu.Lock()
+			s.info.SentLSN = pos
+			s.mu.Unlock()
+			select {
+			case <-st.replyWanted:
+				if err := s.sendKeepalive(durable, false); err != nil {
+					return err
+				}
+			case err := <-st.recvDone:
+				closeConn = !errors.Is(err, errCopyDone)
+				return s.endStream(err)
+			default:
+			}
+			continue
+		}
+		select {
+		case <-wake:
+		case <-st.replyWanted:
+			if err := s.sendKeepalive(durable, false); err != nil {
+				return err
+			}
+		case err := <-st.recvDone:
+			closeConn = !errors.Is(err, errCopyDone)
+			return s.endStream(err)
+		case <-tick.C:
+			silent := time.Since(time.Unix(0, st.lastRecv.Load()))
+			if silent > timeout {
+				s.log.Warn("terminating stream due to replication timeout", "timeout", timeout)
+				return errors.New("replication timeout")
+			}
+			if silent > timeout/2 && !pinged {
+				pinged = true
+				if err := s.sendKeepalive(durable, true); err != nil {
+					return err
+				}
+			} else if silent < timeout/2 {
+				pinged = false
+			}
+		case <-stopping:
+			stopping = nil // handled once: finish below
+			return s.finishStream(st, pos)
+		}
+	}
+}
+
+// sendWAL sends durable WAL from pos toward end in walsender-sized messages
+// (at most MaxSendSize, cut at a page boundary when more is pending), about
+// 1 MiB per flush, and returns the new position.
+func (s *session) sendWAL(tli walstream.TimeLineID, pos, end walstream.LSN, buf []byte) (walstream.LSN, error) {
+	const batch = 1 << 20
+	sent := 0
+	for pos < end && sent < batch {
+		stop := end
+		if stop-pos > walstream.MaxSendSize {
+			stop = pos + walstream.MaxSendSize
+			stop -= stop % walstream.PageSize
+		}
+		n, err := s.srv.cfg.Source.ReadAt(tli, pos, buf[walstream.XLogDataHeaderLen:walstream.XLogDataHeaderLen+int(stop-pos)])
+		if err != nil {
+			if errors.Is(err, walstream.ErrWALRemoved) {
+				return pos, errorf("58P01", "%s", err.Error())
+			}
+			return pos, fmt.Errorf("read WAL at %s: %w", pos, err)
+		}
+		if n == 0 {
+			break
+		}
+		walstream.AppendXLogDataHeader(buf[:0], pos, end, walstream.PGTime(time.Now()))
+		s.be.Send(&pgproto3.CopyData{Data: buf[:walstream.XLogDataHeaderLen+n]})
+		pos += walstream.LSN(n)
+		sent += n
+	}
+	s.conn.SetWriteDeadline(time.Now().Add(s.srv.cfg.SenderTimeout))
+	if err := s.be.Flush(); err != nil {
+		return pos, fmt.Errorf("send WAL at %s: %w", pos, err)
+	}
+	s.srv.m.sentBytes.Add(float64(sent))
+	return pos, nil
+}
+
+func (s *session) sendKeepalive(walEnd walstream.LSN, replyRequested bool) error {
+	var b [18]byte
+	msg := walstream.AppendKeepalive(b[:0], walstream.Keepalive{
+		WALEnd: walEnd, SendTime: walstream.PGTime(time.Now()), ReplyRequested: replyRequested,
+	})
+	s.be.Send(&pgproto3.CopyData{Data: msg})
+	s.conn.SetWriteDeadline(time.Now().Add(s.srv.cfg.SenderTimeout))
+	return s.be.Flush()
+}
+
+// endStream handles the receiver's verdict. After the client's CopyDone the
+// session goes back to command mode exactly as a walsender does.
+func (s *session) endStream(err error) error {
+	if !errors.Is(err, errCopyDone) {
+		return err
+	}
+	s.log.Info("client ended streaming")
+	s.be.Send(&pgproto3.CopyDone{})
+	s.be.Send(&pgproto3.CommandComplete{CommandTag: []byte("START_STREAMING")})
+	s.be.Send(&pgproto3.CommandComplete{CommandTag: []byte("START_REPLICATION")})
+	s.be.Send(&pgproto3.ReadyForQuery{TxStatus: 'I'})
+	return s.be.Flush()
+}
+
+// finishStream is WalSndDone: once the client confirms everything sent,
+// CommandComplete "COPY 0" and close; ask for a reply while it has not.
+func (s *session) finishStream(st *streamState, sent walstream.LSN) error {
+	deadline := time.After(s.srv.cfg.ShutdownGrace)
+	for {
+		s.mu.Lock()
+		confirmed := s.info.FlushLSN
+		if confirmed == walstream.InvalidLSN {
+			confirmed = s.info.WriteLSN
+		}
+		s.mu.Unlock()
+		if confirmed >= sent {
+			s.be.Send(&pgproto3.CommandComplete{CommandTag: []byte("COPY 0")})
+			s.be.Flush()
+			s.log.Info("stream finished for shutdown", "sent_lsn", sent.String())
+			return nil
+		}
+		if err := s.sendKeepalive(sent, true); err != nil {
+			return err
+		}
+		select {
+		case <-deadline:
+			s.log.Warn("client did not confirm the last WAL before shutdown", "sent_lsn", sent.String(), "confirmed_lsn", confirmed.String())
+			return nil
+		case err := <-st.recvDone:
+			return err
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// receiveLoop reads the client's messages while streaming. It returns
+// errCopyDone, io.EOF (Terminate or disconnect) or a protocol error.
+func (s *session) receiveLoop(st *streamState, lag *lagTracker, slot string) error {
+	for {
+		msg, err := s.be.Receive()
+		if err != nil {
+			if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, net.ErrClosed) {
+				return io.EOF
+			}
+			return fatalf("08P01", "invalid standby message: %v", err)
+		}
+		now := time.Now()
+		st.lastRecv.Store(now.UnixNano())
+		switch msg := msg.(type) {
+		case *pgproto3.CopyData:
+			if err := s.handleStandbyMessage(msg.Data, now, lag, slot, st); err != nil {
+				return err
+			}
+		case *pgproto3.CopyDone:
+			return errCopyDone
+		case *pgproto3.Terminate:
+			return io.EOF
+		default:
+			return fatalf("08P01", "invalid standby message type \"%c\"", frontendType(msg))
+		}
+	}
+}
+
+func (s *session) handleStandbyMessage(data []byte, now time.Time, lag *lagTracker, slot string, st *streamState) error {
+	if len(data) == 0 {
+		return fatalf("08P01", "invalid standby message: empty CopyData")
+	}
+	switch data[0] {
+	case walstream.MsgStandbyStatus:
+		r, err := walstream.ParseStandbyStatus(data)
+		if err != nil {
+			return fatalf("08P01", "%v", err)
+		}
+		w, f, a := lag.reply(r.Write, r.Flush, r.Apply, now)
+		_, durable := s.srv.cfg.Source.DurableEnd()
+		confirmed := r.Flush
+		if confirmed == walstream.InvalidLSN {
+			confirmed = r.Write
+		}
+		s.mu.Lock()
+		s.info.WriteLSN, s.info.FlushLSN, s.info.ReplayLSN = r.Write, r.Flush, r.Apply
+		s.info.LastReplyAt = now
+		s.info.LagBytes = 0
+		if durable > confirmed {
+			s.info.LagBytes = uint64(durable - confirmed)
+		}
+		s.info.WriteLagSeconds, s.info.FlushLagSeconds, s.info.ReplayLagSeconds = w.Seconds(), f.Seconds(), a.Seconds()
+		if confirmed != walstream.InvalidLSN && confirmed < s.info.SentLSN {
+			s.info.pinFrom = confirmed
+		} else {
+			s.info.pinFrom = s.info.SentLSN
+		}
+		s.mu.Unlock()
+		if slot != "" && r.Flush != walstream.InvalidLSN {
+			s.srv.slots.advance(slot, r.Flush)
+		}
+		if r.ReplyRequested {
+			select {
+			case st.replyWanted <- struct{}{}:
+			default:
+			}
+		}
+	case walstream.MsgHotStandbyFeed:
+		h, err := walstream.ParseHotStandbyFeedback(data)
+		if err != nil {
+			return fatalf("08P01", "%v", err)
+		}
+		s.mu.Lock()
+		s.info.Xmin, s.info.XminEpoch, s.info.CatalogXmin = h.Xmin, h.XminEpoch, h.CatalogXmin
+		s.mu.Unlock()
+	default:
+		return fatalf("08P01", "unexpected message type \"%c\"", data[0])
+	}
+	return nil
+}
+
+// frontendType names a message the way PostgreSQL's errors do.
+func frontendType(msg pgproto3.FrontendMessage) byte {
+	switch msg.(type) {
+	case *pgproto3.Query:
+		return 'Q'
+	case *pgproto3.Parse:
+		return 'P'
+	case *pgproto3.Bind:
+		return 'B'
+	case *pgproto3.Execute:
+		return 'E'
+	case *pgproto3.Sync:
+		return 'S'
+	case *pgproto3.Describe:
+		return 'D'
+	case *pgproto3.CopyFail:
+		return 'f'
+	default:
+		return '?'
+	}
+}

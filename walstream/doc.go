@@ -1,0 +1,26 @@
+// Package walstream owns WAL as bytes and positions: LSNs and segment
+// naming, the on-disk segment store, the replication protocol's CopyData
+// payloads, and the upstream client that feeds the store from a parent.
+//
+// # Store layout
+//
+//	DIR/identity.json                         system id, segment size, server_version
+//	DIR/wal/TTTTTTTTXXXXXXXXYYYYYYYY          a complete segment, byte-identical to pg_wal
+//	DIR/wal/TTTTTTTTXXXXXXXXYYYYYYYY.partial  the one segment being written
+//	DIR/wal/NNNNNNNN.history                  timeline history files, byte-identical
+//
+// File names are PostgreSQL's (XLogFileName). A segment is written from its
+// first byte; the store never has holes. Writes go to the .partial file and
+// become visible to readers only after fsync (Sync publishes the durable
+// end); a full segment is fsynced and renamed to its final name, and the
+// directory fsynced. On open, temp files are removed and the newest .partial
+// is cut after its last page whose header names its own address (a torn
+// tail); what remains is fsynced and is the durable end the upstream client
+// resumes from.
+//
+// # Concurrency
+//
+// One writer (the upstream client) calls Write, Sync and StartAt; any number
+// of readers call ReadAt, DurableEnd and Wait. The newest segments are also
+// held in memory so readers at the tip do not touch files.
+package walstream

@@ -1,0 +1,399 @@
+package walstream
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+
+	"github.com/walrelay/walrelay/internal/fsutil"
+)
+
+// Identity is what makes WAL from two servers interchangeable: the system
+// identifier from pg_control and the WAL segment size. It never changes
+// under a store.
+type Identity struct {
+	SystemID    uint64 `json:"system_id,string"`
+	SegmentSize uint64 `json:"segment_size"`
+}
+
+// IdentityMismatchError reports an upstream whose identity differs from the
+// store's. Both values are in the message so an operator can see which
+// cluster the relay was pointed at.
+type IdentityMismatchError struct {
+	Store, Upstream Identity
+}
+
+func (e *IdentityMismatchError) Error() string {
+	return fmt.Sprintf("upstream has system identifier %d and WAL segment size %d, the store holds WAL of system identifier %d with segment size %d",
+		e.Upstream.SystemID, e.Upstream.SegmentSize, e.Store.SystemID, e.Store.SegmentSize)
+}
+
+// ErrWALRemoved is matched (errors.Is) by every WALRemovedError.
+var ErrWALRemoved = errors.New("requested WAL segment has already been removed")
+
+// WALRemovedError reports a read of a segment the store does not hold.
+type WALRemovedError struct {
+	Segment string // file name, as PostgreSQL names it in its error
+}
+
+func (e *WALRemovedError) Error() string {
+	return fmt.Sprintf("requested WAL segment %s has already been removed", e.Segment)
+}
+
+func (e *WALRemovedError) Is(target error) bool { return target == ErrWALRemoved }
+
+// StoreOptions configures a Store.
+type StoreOptions struct {
+	Logger *slog.Logger
+	// TailBytes is how much of the newest WAL is kept in memory so that
+	// children at the tip are served without reading files. Rounded up to
+	// whole segments, at least one. Default 64 MiB.
+	TailBytes uint64
+}
+
+const identityFile = "identity.json"
+
+// metaFile is what identity.json holds.
+type metaFile struct {
+	Identity
+	// ServerVersion is the upstream's server_version, announced to children.
+	ServerVersion string `json:"server_version,omitempty"`
+}
+
+// Store is a directory of WAL segment files named and laid out as in
+// PostgreSQL's pg_wal, written by one upstream client and read concurrently
+// by any number of children. See doc.go for the format and guarantees.
+type Store struct {
+	dir  string
+	log  *slog.Logger
+	tail uint64
+
+	mu       sync.Mutex
+	meta     metaFile
+	hasMeta  bool
+	segs     map[segKey]*segment
+	history  map[TimeLineID][]byte
+	memSegs  []*segment // segments whose bytes are in memory, oldest first
+	writer   *segment   // the .partial segment being written, or nil
+	writeTLI TimeLineID
+	writeEnd LSN // end of what was written (not necessarily synced)
+	closed   bool
+
+	// durable is the end of what is fsynced, on durableTLI. Published after
+	// fsync, read without the lock by children.
+	durable    atomic.Uint64
+	durableTLI atomic.Uint32
+	notify     notifier
+}
+
+type segKey struct {
+	tli TimeLineID
+	no  uint64
+}
+
+// segment is one file of the store.
+type segment struct {
+	key  segKey
+	f    *os.File // pread-safe; O_RDWR while it is the writer's
+	path string
+	// durable counts the bytes of this file that are fsynced and may be
+	// served. Published after fsync.
+	durable  atomic.Int64
+	size     int64  // bytes written (writer only)
+	complete bool   // full size and renamed to its final name
+	mem      []byte // segment-sized copy while in the memory tail; guarded by Store.mu
+}
+
+// OpenStore opens (creating if needed) the store in dir, recovering from a
+// crash: leftovers of interrupted renames are removed and a torn tail of the
+// newest .partial file is truncated to its last valid page.
+func OpenStore(dir string, opts StoreOptions) (*Store, error) {
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.TailBytes == 0 {
+		opts.TailBytes = 64 << 20
+	}
+	s := &Store{
+		dir:     dir,
+		log:     opts.Logger,
+		tail:    opts.TailBytes,
+		segs:    make(map[segKey]*segment),
+		history: make(map[TimeLineID][]byte),
+	}
+	s.notify.init()
+	if err := os.MkdirAll(s.walDir(), 0o700); err != nil {
+		return nil, fmt.Errorf("create store %s: %w", dir, err)
+	}
+	b, err := os.ReadFile(filepath.Join(dir, identityFile))
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+	case err != nil:
+		return nil, fmt.Errorf("read store identity: %w", err)
+	default:
+		if err := json.Unmarshal(b, &s.meta); err != nil {
+			return nil, fmt.Errorf("parse %s: %w", filepath.Join(dir, identityFile), err)
+		}
+		if !ValidSegmentSize(s.meta.SegmentSize) {
+			return nil, fmt.Errorf("store %s: invalid segment size %d", dir, s.meta.SegmentSize)
+		}
+		s.hasMeta = true
+	}
+	if err := s.recover(); err != nil {
+		s.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+func (s *Store) walDir() string { return filepath.Join(s.dir, "wal") }
+
+// recover scans the wal directory and rebuilds the in-memory index.
+func (s *Store) recover() error {
+	entries, err := os.ReadDir(s.walDir())
+	if err != nil {
+		return fmt.Errorf("read %s: %w", s.walDir(), err)
+	}
+	var partials []string
+	for _, e := range entries {
+		name := e.Name()
+		switch {
+		case strings.HasSuffix(name, ".tmp"):
+			if err := os.Remove(filepath.Join(s.walDir(), name)); err != nil {
+				return fmt.Errorf("remove leftover %s: %w", name, err)
+			}
+		case strings.HasSuffix(name, ".history"):
+			var tli uint32
+			if _, err := fmt.Sscanf(name, "%08X.history", &tli); err != nil || len(name) != 16 {
+				return fmt.Errorf("unexpected file %s in store", name)
+			}
+			b, err := os.ReadFile(filepath.Join(s.walDir(), name))
+			if err != nil {
+				return fmt.Errorf("read history %s: %w", name, err)
+			}
+			s.history[TimeLineID(tli)] = b
+		case strings.HasSuffix(name, PartialSuffix):
+			partials = append(partials, name)
+		default:
+			if !s.hasMeta {
+				return fmt.Errorf("store %s has segment %s but no %s", s.dir, name, identityFile)
+			}
+			if err := s.openComplete(name); err != nil {
+				return err
+			}
+		}
+	}
+	sort.Strings(partials)
+	for i, name := range partials {
+		if err := s.openPartial(name, i == len(partials)-1); err != nil {
+			return err
+		}
+	}
+	// Resume writing after the newest segment.
+	var newest *segment
+	for _, seg := range s.segs {
+		if newest == nil || seg.key.no > newest.key.no || (seg.key.no == newest.key.no && seg.key.tli > newest.key.tli) {
+			newest = seg
+		}
+	}
+	if newest != nil {
+		s.writeTLI = newest.key.tli
+		s.writeEnd = LSN(newest.key.no*s.meta.SegmentSize + uint64(newest.size))
+		if !newest.complete {
+			s.writer = newest
+		}
+		s.durable.Store(uint64(s.writeEnd))
+		s.durableTLI.Store(uint32(s.writeTLI))
+		s.log.Info("store recovered", "dir", s.dir, "timeline", s.writeTLI, "durable_lsn", s.writeEnd.String(),
+			"segments", len(s.segs))
+	}
+	return nil
+}
+
+func (s *Store) openComplete(name string) error {
+	tli, no, err := ParseSegmentFileName(name, s.meta.SegmentSize)
+	if err != nil {
+		return fmt.Errorf("store %s: %w", s.dir, err)
+	}
+	path := filepath.Join(s.walDir(), name)
+	f, err := os.Open(path)
+	if err != nil {
+		return fmt.Errorf("open segment %s: %w", name, err)
+	}
+	st, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return fmt.Errorf("stat segment %s: %w", name, err)
+	}
+	if uint64(st.Size()) != s.meta.SegmentSize {
+		f.Close()
+		return fmt.Errorf("segment %s has %d bytes, want %d", name, st.Size(), s.meta.SegmentSize)
+	}
+	seg := &segment{key: segKey{tli, no}, f: f, path: path, size: st.Size(), complete: true}
+	seg.durable.Store(st.Size())
+	s.segs[seg.key] = seg
+	return nil
+}
+
+// openPartial validates a .partial file page by page and truncates it after
+// the last page whose header is intact. Only the newest partial is kept for
+// writing; an older one can only be left by a crash between writing a
+// segment's last byte and the rename, and then it is complete.
+func (s *Store) openPartial(name string, newest bool) error {
+	base := strings.TrimSuffix(name, PartialSuffix)
+	tli, no, err := ParseSegmentFileName(base, s.meta.SegmentSize)
+	if err != nil || !s.hasMeta {
+		return fmt.Errorf("store %s: unexpected file %s", s.dir, name)
+	}
+	path := filepath.Join(s.walDir(), name)
+	if _, ok := s.segs[segKey{tli, no}]; ok {
+		// The rename happened; the partial is a leftover.
+		return os.Remove(path)
+	}
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		return fmt.Errorf("open segment %s: %w", name, err)
+	}
+	data, err := io.ReadAll(io.LimitReader(f, int64(s.meta.SegmentSize)))
+	if err != nil {
+		f.Close()
+		return fmt.Errorf("read segment %s: %w", name, err)
+	}
+	valid := s.validPrefix(data, LSN(no*s.meta.SegmentSize))
+	if valid < len(data) {
+		s.log.Warn("truncating torn WAL tail", "segment", name, "size", len(data), "valid", valid)
+		if err := f.Truncate(int64(valid)); err != nil {
+			f.Close()
+			return fmt.Errorf("truncate segment %s to %d: %w", name, valid, err)
+		}
+	}
+	// Bytes written before a crash may not have reached disk yet.
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return fmt.Errorf("sync segment %s: %w", name, err)
+	}
+	seg := &segment{key: segKey{tli, no}, f: f, path: path, size: int64(valid)}
+	seg.durable.Store(int64(valid))
+	s.segs[seg.key] = seg
+	if uint64(valid) == s.meta.SegmentSize {
+		return s.completeSegment(seg)
+	}
+	if !newest {
+		return fmt.Errorf("store %s: segment %s is incomplete but not the newest", s.dir, name)
+	}
+	seg.mem = make([]byte, s.meta.SegmentSize)
+	copy(seg.mem, data[:valid])
+	s.memSegs = append(s.memSegs, seg)
+	return nil
+}
+
+// validPrefix returns how many leading bytes of a segment's data have intact
+// page headers: the data is cut at the first page whose header is missing,
+// incomplete or does not name its own position.
+func (s *Store) validPrefix(data []byte, segStart LSN) int {
+	var magic uint16
+	for off := 0; off < len(data); off += PageSize {
+		end := min(off+PageSize, len(data))
+		if err := checkPage(data[off:end], segStart+LSN(off), magic, s.meta.Identity); err != nil {
+			s.log.Debug("invalid WAL page", "err", err)
+			return off
+		}
+		if off == 0 {
+			h, _ := parsePageHeader(data)
+			magic = h.Magic
+		}
+	}
+	return len(data)
+}
+
+// Identity returns the store's identity and whether it has one yet.
+func (s *Store) Identity() (Identity, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.meta.Identity, s.hasMeta
+}
+
+// ServerVersion returns the upstream server_version last recorded.
+func (s *Store) ServerVersion() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.meta.ServerVersion
+}
+
+// Bind records the upstream's identity on first use and checks it on every
+// later one, returning an *IdentityMismatchError when they differ.
+func (s *Store) Bind(id Identity, serverVersion string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.hasMeta && s.meta.Identity != id {
+		return &IdentityMismatchError{Store: s.meta.Identity, Upstream: id}
+	}
+	if !ValidSegmentSize(id.SegmentSize) {
+		return fmt.Errorf("invalid WAL segment size %d", id.SegmentSize)
+	}
+	if s.hasMeta && s.meta.ServerVersion == serverVersion {
+		return nil
+	}
+	meta := metaFile{Identity: id, ServerVersion: serverVersion}
+	b, err := json.MarshalIndent(meta, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := fsutil.WriteFileAtomic(filepath.Join(s.dir, identityFile), b); err != nil {
+		return fmt.Errorf("write store identity: %w", err)
+	}
+	s.meta, s.hasMeta = meta, true
+	return nil
+}
+
+// Close closes every file. Readers still running get errors.
+func (s *Store) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return nil
+	}
+	s.closed = true
+	var first error
+	for _, seg := range s.segs {
+		if seg == s.writer {
+			if err := seg.f.Sync(); err != nil && first == nil {
+				first = fmt.Errorf("sync %s: %w", seg.path, err)
+			}
+		}
+		seg.f.Close()
+	}
+	s.notify.broadcast()
+	return first
+}
+
+// notifier wakes every waiter at once without blocking the one who
+// broadcasts: waiters take the current channel, which is closed and replaced
+// on each broadcast.
+type notifier struct {
+	mu sync.Mutex
+	ch chan struct{}
+}
+
+func (n *notifier) init() { n.ch = make(chan struct{}) }
+
+func (n *notifier) wait() <-chan struct{} {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.ch
+}
+
+func (n *notifier) broadcast() {
+	n.mu.Lock()
+	close(n.ch)
+	n.ch = make(chan struct{})
+	n.mu.Unlock()
+}

@@ -1,0 +1,153 @@
+package walstream
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"sort"
+
+	"github.com/walrelay/walrelay/internal/fsutil"
+)
+
+// The methods in this file are safe for concurrent use by any number of
+// readers and the writer.
+
+// DurableEnd returns the timeline and position up to which WAL is fsynced
+// and may be served or acknowledged.
+func (s *Store) DurableEnd() (TimeLineID, LSN) {
+	// Timeline first: the writer stores the position before the timeline, so
+	// a reader never pairs a new timeline with an old position's successor.
+	tli := TimeLineID(s.durableTLI.Load())
+	return tli, LSN(s.durable.Load())
+}
+
+// Wait returns a channel that is closed the next time the durable end moves
+// (or the store closes). Take it before checking DurableEnd so no advance
+// between the check and the wait is missed.
+func (s *Store) Wait() <-chan struct{} { return s.notify.wait() }
+
+// ReadAt copies durable WAL of timeline tli starting at lsn into p. It never
+// crosses a segment boundary and returns 0, nil when nothing past lsn is
+// durable yet. A segment the store does not hold gives a *WALRemovedError.
+func (s *Store) ReadAt(tli TimeLineID, lsn LSN, p []byte) (int, error) {
+	return s.readAt(tli, lsn, p, -1)
+}
+
+// readAt reads from segment (tli, lsn) at most limit bytes of the segment
+// (limit < 0: the segment's durable bytes; the writer verifying resent WAL
+// may read its own bytes that are not durable yet).
+func (s *Store) readAt(tli TimeLineID, lsn LSN, p []byte, limit int64) (int, error) {
+	s.mu.Lock()
+	if !s.hasMeta {
+		s.mu.Unlock()
+		return 0, fmt.Errorf("read %s: store has no WAL yet", lsn)
+	}
+	segSize := s.meta.SegmentSize
+	key := segKey{tli, lsn.SegmentNo(segSize)}
+	seg := s.segs[key]
+	var mem []byte
+	if seg != nil {
+		mem = seg.mem
+	}
+	s.mu.Unlock()
+	if seg == nil {
+		if tli == TimeLineID(s.durableTLI.Load()) && lsn >= LSN(s.durable.Load()) {
+			return 0, nil // not written yet
+		}
+		return 0, &WALRemovedError{Segment: SegmentFileName(tli, key.no, segSize)}
+	}
+	avail := seg.durable.Load()
+	if limit >= 0 {
+		avail = min(limit, seg.size)
+	}
+	off := int64(lsn.SegmentOffset(segSize))
+	if off >= avail {
+		return 0, nil
+	}
+	n := min(int64(len(p)), avail-off)
+	if mem != nil {
+		return copy(p[:n], mem[off:off+n]), nil
+	}
+	m, err := seg.f.ReadAt(p[:n], off)
+	if err != nil {
+		if errors.Is(err, os.ErrClosed) {
+			return 0, &WALRemovedError{Segment: SegmentFileName(tli, key.no, segSize)}
+		}
+		return m, fmt.Errorf("read segment %s at %s: %w", seg.path, lsn, err)
+	}
+	return m, nil
+}
+
+// OldestLSN returns the first position held on timeline tli, or false when
+// the store holds nothing of it.
+func (s *Store) OldestLSN(tli TimeLineID) (LSN, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var oldest uint64
+	found := false
+	for k := range s.segs {
+		if k.tli == tli && (!found || k.no < oldest) {
+			oldest, found = k.no, true
+		}
+	}
+	return LSN(oldest * s.meta.SegmentSize), found
+}
+
+// Segments lists the held segments' file names, oldest first.
+func (s *Store) Segments() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	keys := make([]segKey, 0, len(s.segs))
+	for k := range s.segs {
+		keys = append(keys, k)
+	}
+	sort.Slice(keys, func(i, j int) bool {
+		if keys[i].no != keys[j].no {
+			return keys[i].no < keys[j].no
+		}
+		return keys[i].tli < keys[j].tli
+	})
+	names := make([]string, len(keys))
+	for i, k := range keys {
+		names[i] = SegmentFileName(k.tli, k.no, s.meta.SegmentSize)
+	}
+	return names
+}
+
+// History returns the stored history file of timeline tli.
+func (s *Store) History(tli TimeLineID) ([]byte, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	b, ok := s.history[tli]
+	return b, ok
+}
+
+// RemoveBefore deletes complete segments that end at or before lsn, on every
+// timeline, and returns how many it removed. The writer's segment is never
+// removed.
+func (s *Store) RemoveBefore(lsn LSN) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.hasMeta {
+		return 0, nil
+	}
+	segSize := s.meta.SegmentSize
+	removed := 0
+	for k, seg := range s.segs {
+		if !seg.complete || (k.no+1)*segSize > uint64(lsn) {
+			continue
+		}
+		if err := os.Remove(seg.path); err != nil {
+			return removed, fmt.Errorf("remove segment %s: %w", seg.path, err)
+		}
+		seg.f.Close()
+		delete(s.segs, k)
+		removed++
+	}
+	if removed > 0 {
+		if err := fsutil.SyncDir(s.walDir()); err != nil {
+			return removed, fmt.Errorf("sync %s: %w", s.walDir(), err)
+		}
+	}
+	return removed, nil
+}

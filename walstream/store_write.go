@@ -1,0 +1,202 @@
+package walstream
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/walrelay/walrelay/internal/fsutil"
+)
+
+// The methods in this file belong to the store's single writer (the upstream
+// client); they must not be called concurrently with each other.
+
+// WriteEnd returns the timeline and end of what has been written, which is
+// where the upstream stream must resume. Zero when the store is empty.
+func (s *Store) WriteEnd() (TimeLineID, LSN) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.writeTLI, s.writeEnd
+}
+
+// StartAt sets where an empty store begins: a segment boundary, since
+// children always ask for WAL from the start of a segment.
+func (s *Store) StartAt(tli TimeLineID, lsn LSN) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.hasMeta {
+		return fmt.Errorf("start store at %s: identity not bound", lsn)
+	}
+	if len(s.segs) != 0 {
+		return fmt.Errorf("start store at %s: store already holds WAL up to %s", lsn, s.writeEnd)
+	}
+	if lsn.SegmentOffset(s.meta.SegmentSize) != 0 {
+		return fmt.Errorf("start store at %s: not a segment boundary", lsn)
+	}
+	if tli == 0 {
+		return fmt.Errorf("start store at %s: timeline 0", lsn)
+	}
+	s.writeTLI, s.writeEnd = tli, lsn
+	s.durable.Store(uint64(lsn))
+	s.durableTLI.Store(uint32(tli))
+	return nil
+}
+
+// Write appends WAL received from upstream at position lsn. Bytes before the
+// write end are checked against what the store holds (an upstream resending
+// them must agree); a gap is an error. The bytes become visible to readers
+// only after Sync.
+func (s *Store) Write(tli TimeLineID, lsn LSN, data []byte) error {
+	if tli != s.writeTLI {
+		return fmt.Errorf("write at %s on timeline %d: store is on timeline %d", lsn, tli, s.writeTLI)
+	}
+	if lsn > s.writeEnd {
+		return fmt.Errorf("write at %s: gap after store end %s", lsn, s.writeEnd)
+	}
+	if lsn < s.writeEnd {
+		skip := uint64(s.writeEnd - lsn)
+		if skip > uint64(len(data)) {
+			skip = uint64(len(data))
+		}
+		if err := s.verifyHeld(tli, lsn, data[:skip]); err != nil {
+			return err
+		}
+		data, lsn = data[skip:], lsn+LSN(skip)
+	}
+	segSize := s.meta.SegmentSize
+	for len(data) > 0 {
+		if s.writer == nil {
+			if err := s.newSegment(tli, lsn.SegmentNo(segSize)); err != nil {
+				return err
+			}
+		}
+		seg := s.writer
+		off := lsn.SegmentOffset(segSize)
+		n := min(uint64(len(data)), segSize-off)
+		if _, err := seg.f.WriteAt(data[:n], int64(off)); err != nil {
+			return fmt.Errorf("write segment %s at %s: %w", seg.path, lsn, err)
+		}
+		s.mu.Lock()
+		if seg.mem != nil {
+			copy(seg.mem[off:], data[:n])
+		}
+		s.writeEnd = lsn + LSN(n)
+		s.mu.Unlock()
+		seg.size = int64(off + n)
+		data, lsn = data[n:], lsn+LSN(n)
+		if uint64(seg.size) == segSize {
+			if err := seg.f.Sync(); err != nil {
+				return fmt.Errorf("sync segment %s: %w", seg.path, err)
+			}
+			s.mu.Lock()
+			err := s.completeSegment(seg)
+			s.mu.Unlock()
+			if err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// verifyHeld checks bytes an upstream sent again against the store's copy.
+func (s *Store) verifyHeld(tli TimeLineID, lsn LSN, data []byte) error {
+	have := make([]byte, len(data))
+	for off := 0; off < len(data); {
+		n, err := s.readAt(tli, lsn+LSN(off), have[off:], int64(s.meta.SegmentSize))
+		if err != nil {
+			return fmt.Errorf("verify resent WAL at %s: %w", lsn+LSN(off), err)
+		}
+		off += n
+	}
+	if !bytes.Equal(have, data) {
+		return fmt.Errorf("upstream resent WAL at %s that differs from the store's copy", lsn)
+	}
+	return nil
+}
+
+// Sync makes everything written durable and publishes the new durable end to
+// readers. It returns that end.
+func (s *Store) Sync() (LSN, error) {
+	if seg := s.writer; seg != nil && seg.durable.Load() != seg.size {
+		if err := seg.f.Sync(); err != nil {
+			return LSN(s.durable.Load()), fmt.Errorf("sync segment %s: %w", seg.path, err)
+		}
+		seg.durable.Store(seg.size)
+	}
+	s.mu.Lock()
+	end := s.writeEnd
+	s.mu.Unlock()
+	if LSN(s.durable.Load()) != end {
+		s.durable.Store(uint64(end))
+		s.durableTLI.Store(uint32(s.writeTLI))
+		s.notify.broadcast()
+	}
+	return end, nil
+}
+
+// newSegment creates the .partial file for segment no and makes its name
+// durable. Called with s.mu unlocked.
+func (s *Store) newSegment(tli TimeLineID, no uint64) error {
+	name := SegmentFileName(tli, no, s.meta.SegmentSize) + PartialSuffix
+	path := filepath.Join(s.walDir(), name)
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return fmt.Errorf("create segment %s: %w", name, err)
+	}
+	if err := fsutil.SyncDir(s.walDir()); err != nil {
+		f.Close()
+		return fmt.Errorf("sync %s: %w", s.walDir(), err)
+	}
+	seg := &segment{key: segKey{tli, no}, f: f, path: path, mem: make([]byte, s.meta.SegmentSize)}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.segs[seg.key] = seg
+	s.writer = seg
+	s.memSegs = append(s.memSegs, seg)
+	// Keep at most the configured tail in memory, but always the writer's.
+	keep := max(1, int((s.tail+s.meta.SegmentSize-1)/s.meta.SegmentSize))
+	for len(s.memSegs) > keep {
+		s.memSegs[0].mem = nil
+		s.memSegs = s.memSegs[1:]
+	}
+	return nil
+}
+
+// completeSegment gives a full, fsynced segment its final name. Called with
+// s.mu held.
+func (s *Store) completeSegment(seg *segment) error {
+	final := filepath.Join(s.walDir(), SegmentFileName(seg.key.tli, seg.key.no, s.meta.SegmentSize))
+	if err := os.Rename(seg.path, final); err != nil {
+		return fmt.Errorf("rename %s: %w", seg.path, err)
+	}
+	if err := fsutil.SyncDir(s.walDir()); err != nil {
+		return fmt.Errorf("sync %s: %w", s.walDir(), err)
+	}
+	seg.path = final
+	seg.complete = true
+	seg.durable.Store(seg.size)
+	if s.writer == seg {
+		s.writer = nil
+	}
+	return nil
+}
+
+// WriteHistory stores a timeline history file byte for byte.
+func (s *Store) WriteHistory(tli TimeLineID, content []byte) error {
+	s.mu.Lock()
+	have, ok := s.history[tli]
+	s.mu.Unlock()
+	if ok && bytes.Equal(have, content) {
+		return nil
+	}
+	name := HistoryFileName(tli)
+	if err := fsutil.WriteFileAtomic(filepath.Join(s.walDir(), name), content); err != nil {
+		return fmt.Errorf("write history file %s: %w", name, err)
+	}
+	s.mu.Lock()
+	s.history[tli] = bytes.Clone(content)
+	s.mu.Unlock()
+	return nil
+}
