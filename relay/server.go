@@ -209,16 +209,21 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	for ln := range s.listeners {
 		ln.Close()
 	}
-	s.mu.Unlock()
 	s.stopOnce.Do(func() { close(s.stopStreams) })
+	// Sessions not streaming have nothing to finish: close them now.
+	for sess := range s.sessions {
+		if !sess.isStreaming() {
+			sess.conn.Close()
+		}
+	}
+	s.mu.Unlock()
 
 	done := make(chan struct{})
 	go func() {
 		s.wg.Wait()
 		close(done)
 	}()
-	// Idle command-mode sessions would wait for a query forever: close them
-	// after the streaming ones had their grace period.
+	// Streaming children get a grace period to confirm the last WAL.
 	grace := time.NewTimer(s.cfg.ShutdownGrace)
 	defer grace.Stop()
 	var err error

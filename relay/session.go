@@ -407,6 +407,12 @@ func (s *session) status() (SessionStatus, bool) {
 	return s.info, s.started
 }
 
+func (s *session) isStreaming() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.info.State == "streaming"
+}
+
 // pinned is the oldest position this session's stream may still read.
 func (s *session) pinned() (walstream.LSN, bool) {
 	s.mu.Lock()

@@ -115,19 +115,44 @@ func slotName(nodeID string) string {
 }
 
 func runRelay(ctx context.Context, f relayFlags, log *slog.Logger) error {
-	retain, err := parseSize(f.retainSize)
+	node, err := newRelayNode(f, log)
 	if err != nil {
-		return fmt.Errorf("--retain-size: %w", err)
+		return err
+	}
+	return node.Run(ctx)
+}
+
+// relayNode is one relay's parts wired together: store, upstream client,
+// server, HTTP endpoints and retention.
+type relayNode struct {
+	f       relayFlags
+	log     *slog.Logger
+	retain  uint64
+	store   *walstream.Store
+	up      *walstream.Upstream
+	srv     *relay.Server
+	ln      net.Listener
+	httpLn  net.Listener
+	httpSrv *http.Server
+}
+
+// newRelayNode opens the store and binds the listeners; Run serves.
+func newRelayNode(f relayFlags, log *slog.Logger) (_ *relayNode, err error) {
+	n := &relayNode{f: f, log: log}
+	if n.retain, err = parseSize(f.retainSize); err != nil {
+		return nil, fmt.Errorf("--retain-size: %w", err)
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
-	store, err := walstream.OpenStore(f.dataDir, walstream.StoreOptions{Logger: log})
-	if err != nil {
-		return err
+	if n.store, err = walstream.OpenStore(f.dataDir, walstream.StoreOptions{Logger: log}); err != nil {
+		return nil, err
 	}
-	defer store.Close()
-
+	defer func() {
+		if err != nil {
+			n.close()
+		}
+	}()
 	slot := f.slot
 	if slot == "" {
 		slot = slotName(f.nodeID)
@@ -135,26 +160,26 @@ func runRelay(ctx context.Context, f relayFlags, log *slog.Logger) error {
 	if f.noSlot {
 		slot = ""
 	}
-	up, err := walstream.NewUpstream(walstream.UpstreamConfig{
+	n.up, err = walstream.NewUpstream(walstream.UpstreamConfig{
 		ConnString: f.upstream,
 		NodeID:     f.nodeID,
 		Slot:       slot,
 		Logger:     log,
 		Registerer: reg,
-	}, store)
+	}, n.store)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	var creds *relay.Credentials
 	if f.authFile != "" {
 		if creds, err = relay.LoadCredentialsFile(f.authFile); err != nil {
-			return err
+			return nil, err
 		}
 	}
-	srv, err := relay.NewServer(relay.Config{
+	n.srv, err = relay.NewServer(relay.Config{
 		NodeID:        f.nodeID,
-		Source:        store,
-		Upstream:      up,
+		Source:        n.store,
+		Upstream:      n.up,
 		Credentials:   creds,
 		SlotDir:       filepath.Join(f.dataDir, "slots"),
 		SenderTimeout: f.senderTimeout,
@@ -162,71 +187,88 @@ func runRelay(ctx context.Context, f relayFlags, log *slog.Logger) error {
 		Registerer:    reg,
 	})
 	if err != nil {
-		return err
+		return nil, err
 	}
 	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "walrelay_durable_lsn_bytes", Help: "Durable end of the relay's WAL, as a byte position.",
-	}, func() float64 { _, end := store.DurableEnd(); return float64(end) }))
+	}, func() float64 { _, end := n.store.DurableEnd(); return float64(end) }))
 
-	ln, err := net.Listen("tcp", f.listen)
-	if err != nil {
-		return fmt.Errorf("listen: %w", err)
+	if n.ln, err = net.Listen("tcp", f.listen); err != nil {
+		return nil, fmt.Errorf("listen: %w", err)
 	}
-	var httpSrv *http.Server
-	var httpLn net.Listener
 	if f.httpAddr != "" {
-		if httpLn, err = net.Listen("tcp", f.httpAddr); err != nil {
-			ln.Close()
-			return fmt.Errorf("listen --http: %w", err)
+		if n.httpLn, err = net.Listen("tcp", f.httpAddr); err != nil {
+			return nil, fmt.Errorf("listen --http: %w", err)
 		}
 		mux := http.NewServeMux()
-		mux.Handle("/status", srv.StatusHandler(up))
+		mux.Handle("/status", n.srv.StatusHandler(n.up))
 		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 		mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("ok\n")) })
-		httpSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+		n.httpSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	}
-	log.Info("relay starting", "node_id", f.nodeID, "listen", ln.Addr().String(), "http", f.httpAddr,
+	log.Info("relay starting", "node_id", f.nodeID, "listen", n.ln.Addr().String(), "http", f.httpAddr,
 		"data_dir", f.dataDir, "slot", slot, "version", version)
+	return n, nil
+}
 
+func (n *relayNode) close() {
+	if n.ln != nil {
+		n.ln.Close()
+	}
+	if n.httpLn != nil {
+		n.httpLn.Close()
+	}
+	n.store.Close()
+}
+
+// Addr is where replication clients connect.
+func (n *relayNode) Addr() string { return n.ln.Addr().String() }
+
+// Status is the node's /status document.
+func (n *relayNode) Status() relay.NodeStatus { return n.srv.Status(n.up) }
+
+// Run serves until ctx ends, then shuts down in order: children get what is
+// durable and a proper end of stream, the upstream stops, files are synced.
+func (n *relayNode) Run(ctx context.Context) error {
 	upCtx, stopUpstream := context.WithCancel(context.Background())
 	defer stopUpstream()
 	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return up.Run(upCtx) })
+	g.Go(func() error { return n.up.Run(upCtx) })
 	g.Go(func() error {
-		if err := srv.Serve(ln); !errors.Is(err, relay.ErrServerClosed) {
+		if err := n.srv.Serve(n.ln); !errors.Is(err, relay.ErrServerClosed) {
 			return err
 		}
 		return nil
 	})
-	if httpSrv != nil {
+	if n.httpSrv != nil {
 		g.Go(func() error {
-			if err := httpSrv.Serve(httpLn); !errors.Is(err, http.ErrServerClosed) {
+			if err := n.httpSrv.Serve(n.httpLn); !errors.Is(err, http.ErrServerClosed) {
 				return err
 			}
 			return nil
 		})
 	}
-	g.Go(func() error { return retainLoop(gctx, store, srv, retain, log) })
+	g.Go(func() error { return retainLoop(gctx, n.store, n.srv, n.retain, n.log) })
 	g.Go(func() error {
 		<-gctx.Done()
-		log.Info("relay shutting down")
+		n.log.Info("relay shutting down")
 		sctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 		defer cancel()
-		err := srv.Shutdown(sctx)
+		err := n.srv.Shutdown(sctx)
 		stopUpstream()
-		if httpSrv != nil {
-			httpSrv.Shutdown(sctx)
+		if n.httpSrv != nil {
+			n.httpSrv.Shutdown(sctx)
 		}
 		return err
 	})
-	err = g.Wait()
-	if cerr := store.Close(); cerr != nil && err == nil {
+	err := g.Wait()
+	if cerr := n.store.Close(); cerr != nil && err == nil {
 		err = cerr
 	}
 	if err != nil && ctx.Err() == nil {
 		return err
 	}
-	log.Info("relay stopped")
+	n.log.Info("relay stopped")
 	return nil
 }
 

@@ -1,0 +1,166 @@
+package e2e
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/walrelay/walrelay/internal/pgcluster"
+)
+
+// A relay killed with SIGKILL mid-stream restarts from its store; the
+// standbys reconnect and converge, and every completed segment it stored is
+// identical to the primary's.
+func TestRelayKilledAndRestarted(t *testing.T) {
+	requirePG(t)
+	primary := newPrimary(t, "primary", nil)
+	ctx := context.Background()
+	if err := primary.PgbenchInit(ctx, 2); err != nil {
+		t.Fatal(err)
+	}
+	relay := startRelay(t, "r1", primary.ReplicationConnString())
+	s1 := newStandby(t, primary, "standby1", relay.Conninfo())
+	s2 := newStandby(t, primary, "standby2", relay.Conninfo())
+	load := make(chan error, 1)
+	go func() { load <- primary.Pgbench(ctx, 4, 12*time.Second) }()
+	time.Sleep(4 * time.Second)
+	relay.Kill()
+	time.Sleep(1 * time.Second)
+	relay.Restart(t)
+	if err := <-load; err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 60*time.Second, "standbys streaming from the restarted relay", func() (bool, error) {
+		n, err := streamingChildren(t, relay)
+		return n == 2, err
+	})
+	assertConverged(t, primary, s1, s2)
+	if err := primary.Exec(ctx, "SELECT pg_switch_wal()"); err != nil {
+		t.Fatal(err)
+	}
+	target, _ := primary.CurrentLSN(ctx)
+	waitFor(t, 30*time.Second, "relay durable at the primary's LSN", func() (bool, error) {
+		return relayDurable(t, relay) >= target, nil
+	})
+	n, err := pgcluster.CompareSegments(filepath.Join(relay.DataDir, "wal"), filepath.Join(primary.DataDir, "pg_wal"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%d completed segments in the relay's store equal the primary's", n)
+}
+
+// Bad clients get clear errors while a standby on the same relay keeps
+// streaming.
+func TestBadInputDoesNotDisturbStandby(t *testing.T) {
+	requirePG(t)
+	primary := newPrimary(t, "primary", nil)
+	ctx := context.Background()
+	if err := primary.PgbenchInit(ctx, 1); err != nil {
+		t.Fatal(err)
+	}
+	authFile := filepath.Join(t.TempDir(), "users")
+	if err := os.WriteFile(authFile, []byte("# relay users\nreplicator:s3cret\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	relay := startRelay(t, "r1", primary.ReplicationConnString(), "--auth-file", authFile)
+	standby := newStandby(t, primary, "standby1", relay.Conninfo()+" user=replicator password=s3cret")
+	waitFor(t, 30*time.Second, "standby streaming from the relay", func() (bool, error) {
+		n, err := streamingChildren(t, relay)
+		return n == 1, err
+	})
+	load := make(chan error, 1)
+	go func() { load <- primary.Pgbench(ctx, 2, 10*time.Second) }()
+
+	base := fmt.Sprintf("host=127.0.0.1 port=%d sslmode=disable replication=true ", relay.Port())
+	// Garbage bytes instead of a startup packet.
+	nc, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", relay.Port()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	nc.Write([]byte("\x00\x00\x00\x10garbage garbage garbage"))
+	nc.SetReadDeadline(time.Now().Add(5 * time.Second))
+	buf := make([]byte, 1024)
+	n, _ := nc.Read(buf)
+	nc.Close()
+	t.Logf("garbage client got %d bytes back before close", n)
+
+	// Wrong password.
+	_, err = pgconn.Connect(ctx, base+"user=replicator password=wrong")
+	expectPgError(t, err, "28P01", `password authentication failed for user "replicator"`)
+	_, err = pgconn.Connect(ctx, base+"user=nobody password=wrong")
+	expectPgError(t, err, "28P01", `password authentication failed for user "nobody"`)
+
+	conn, err := pgconn.Connect(ctx, base+"user=replicator password=s3cret")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	// Unknown command.
+	_, err = conn.Exec(ctx, "VACUUM").ReadAll()
+	expectPgError(t, err, "0A000", "cannot execute SQL commands in WAL sender for physical replication")
+	_, err = conn.Exec(ctx, "IDENTIFY_SYSTEM extra").ReadAll()
+	expectPgError(t, err, "42601", "")
+	// A segment the relay does not hold (it started after 0/1000000).
+	startReplicationExpectError(t, conn, "START_REPLICATION 0/1000000 TIMELINE 1", "58P01",
+		"requested WAL segment 000000010000000000000001 has already been removed")
+	// A position far in the future.
+	startReplicationExpectError(t, conn, "START_REPLICATION FF/0 TIMELINE 1", "XX000", "")
+
+	if err := <-load; err != nil {
+		t.Fatal(err)
+	}
+	assertConverged(t, primary, standby)
+	// The standby never lost its connection.
+	st := relay.Status(t)
+	ds, _ := st["downstreams"].([]any)
+	if len(ds) == 0 {
+		t.Fatal("no downstreams")
+	}
+}
+
+func expectPgError(t *testing.T, err error, code, msg string) {
+	t.Helper()
+	var pe *pgconn.PgError
+	if !errors.As(err, &pe) {
+		t.Fatalf("want error %s %q, got %v", code, msg, err)
+	}
+	if pe.Code != code || (msg != "" && pe.Message != msg) {
+		t.Fatalf("got %s %q, want %s %q", pe.Code, pe.Message, code, msg)
+	}
+	t.Logf("got expected error %s: %s", pe.Code, pe.Message)
+}
+
+func startReplicationExpectError(t *testing.T, conn *pgconn.PgConn, query, code, msg string) {
+	t.Helper()
+	fe := conn.Frontend()
+	fe.Send(&pgproto3.Query{String: query})
+	if err := fe.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var pgErr error
+	for {
+		m, err := conn.ReceiveMessage(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		switch m := m.(type) {
+		case *pgproto3.ErrorResponse:
+			pgErr = pgconn.ErrorResponseToPgError(m)
+		case *pgproto3.ReadyForQuery:
+			expectPgError(t, pgErr, code, msg)
+			return
+		case *pgproto3.CopyData:
+			t.Fatalf("%s: got WAL", query)
+		}
+	}
+}
