@@ -1,0 +1,281 @@
+package e2e
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/walrelay/walrelay/internal/pgcluster"
+)
+
+// requirePG returns the PostgreSQL bin directory. Without PostgreSQL the
+// test fails when WALRELAY_REQUIRE_PG=1 (CI) and is skipped otherwise.
+func requirePG(t *testing.T) string {
+	t.Helper()
+	bin, err := pgcluster.FindBinDir()
+	if err != nil {
+		if os.Getenv("WALRELAY_REQUIRE_PG") == "1" {
+			t.Fatalf("WALRELAY_REQUIRE_PG=1: %v", err)
+		}
+		t.Skipf("PostgreSQL not available: %v", err)
+	}
+	if testing.Short() {
+		t.Skip("e2e tests need real PostgreSQL: skipped with -short")
+	}
+	return bin
+}
+
+// newPrimary creates and starts a primary, stopped at cleanup.
+func newPrimary(t *testing.T, name string, conf map[string]string) *pgcluster.Cluster {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	c, err := pgcluster.InitPrimary(ctx, pgcluster.Options{BaseDir: clusterBase(t), Name: name, Conf: conf})
+	if err != nil {
+		t.Fatal(err)
+	}
+	startCluster(t, c)
+	return c
+}
+
+// newStandby base-backs up src and starts a standby streaming from
+// primaryConninfo, stopped at cleanup.
+func newStandby(t *testing.T, src *pgcluster.Cluster, name, primaryConninfo string) *pgcluster.Cluster {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if !strings.Contains(primaryConninfo, "application_name") {
+		primaryConninfo += " application_name=" + name
+	}
+	c, err := pgcluster.BaseBackup(ctx, src, primaryConninfo, pgcluster.Options{BaseDir: clusterBase(t), Name: name})
+	if err != nil {
+		t.Fatal(err)
+	}
+	startCluster(t, c)
+	return c
+}
+
+func startCluster(t *testing.T, c *pgcluster.Cluster) {
+	t.Helper()
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("server log of %s:\n%s", c.Name, c.LogTail(40))
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		if err := c.Stop(ctx); err != nil {
+			t.Logf("stop %s: %v; killing", c.Name, err)
+			c.Kill()
+		}
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if err := c.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// clusterBase is one directory per test for all its clusters.
+func clusterBase(t *testing.T) string {
+	t.Helper()
+	return filepath.Join(testDir(t), "clusters")
+}
+
+var testDirs = map[string]string{}
+
+func testDir(t *testing.T) string {
+	if d, ok := testDirs[t.Name()]; ok {
+		return d
+	}
+	d := t.TempDir()
+	testDirs[t.Name()] = d
+	return d
+}
+
+// relayProc is a walrelay relay process.
+type relayProc struct {
+	ID, Listen, HTTP, DataDir, LogFile string
+	args                               []string
+	cmd                                *exec.Cmd
+	done                               chan error
+}
+
+// startRelay runs `walrelay relay` against upstream and waits for /status.
+func startRelay(t *testing.T, id, upstream string, extra ...string) *relayProc {
+	t.Helper()
+	if relayBuildErr != nil {
+		t.Fatal(relayBuildErr)
+	}
+	port, err := pgcluster.FreePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	hport, err := pgcluster.FreePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(testDir(t), "relay-"+id)
+	r := &relayProc{
+		ID:      id,
+		Listen:  fmt.Sprintf("127.0.0.1:%d", port),
+		HTTP:    fmt.Sprintf("127.0.0.1:%d", hport),
+		DataDir: dir,
+		LogFile: filepath.Join(testDir(t), "relay-"+id+".log"),
+	}
+	r.args = append([]string{"relay", "--node-id", id, "--listen", r.Listen, "--upstream", upstream,
+		"--data-dir", dir, "--http", r.HTTP, "--log-level", "debug"}, extra...)
+	t.Cleanup(func() {
+		r.stop(t)
+		if t.Failed() {
+			t.Logf("relay %s log tail:\n%s", id, tail(r.LogFile, 60))
+		}
+	})
+	r.start(t)
+	return r
+}
+
+func (r *relayProc) start(t *testing.T) {
+	t.Helper()
+	logf, err := os.OpenFile(r.LogFile, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.cmd = exec.Command(relayBin, r.args...)
+	r.cmd.Stdout, r.cmd.Stderr = logf, logf
+	if err := r.cmd.Start(); err != nil {
+		logf.Close()
+		t.Fatal(err)
+	}
+	r.done = make(chan error, 1)
+	go func() {
+		r.done <- r.cmd.Wait()
+		logf.Close()
+	}()
+	waitFor(t, 30*time.Second, "relay "+r.ID+" /status", func() (bool, error) {
+		select {
+		case err := <-r.done:
+			r.done <- err
+			return false, fmt.Errorf("relay exited: %v\n%s", err, tail(r.LogFile, 30))
+		default:
+		}
+		resp, err := http.Get("http://" + r.HTTP + "/status")
+		if err != nil {
+			return false, nil
+		}
+		resp.Body.Close()
+		return resp.StatusCode == 200, nil
+	})
+}
+
+// stop sends SIGTERM and waits, then SIGKILL.
+func (r *relayProc) stop(t *testing.T) {
+	if r.cmd == nil || r.cmd.Process == nil {
+		return
+	}
+	select {
+	case err := <-r.done:
+		r.done <- err
+		return
+	default:
+	}
+	r.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case err := <-r.done:
+		r.done <- err
+		if err != nil {
+			t.Errorf("relay %s exited with %v after SIGTERM", r.ID, err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Errorf("relay %s did not stop within 20s of SIGTERM", r.ID)
+		r.cmd.Process.Kill()
+		<-r.done
+	}
+}
+
+// Kill sends SIGKILL and waits for the process to be gone.
+func (r *relayProc) Kill() {
+	r.cmd.Process.Kill()
+	err := <-r.done
+	r.done <- err
+}
+
+// Restart starts the relay again with the same arguments.
+func (r *relayProc) Restart(t *testing.T) { r.start(t) }
+
+func (r *relayProc) Port() int {
+	var p int
+	fmt.Sscanf(r.Listen[strings.LastIndex(r.Listen, ":")+1:], "%d", &p)
+	return p
+}
+
+// Conninfo is what a standby's primary_conninfo names to stream from it.
+func (r *relayProc) Conninfo() string {
+	return fmt.Sprintf("host=127.0.0.1 port=%d user=postgres sslmode=disable", r.Port())
+}
+
+// Status fetches /status.
+func (r *relayProc) Status(t *testing.T) map[string]any {
+	t.Helper()
+	resp, err := http.Get("http://" + r.HTTP + "/status")
+	if err != nil {
+		t.Fatalf("relay %s status: %v", r.ID, err)
+	}
+	defer resp.Body.Close()
+	var m map[string]any
+	if err := json.NewDecoder(resp.Body).Decode(&m); err != nil {
+		t.Fatalf("relay %s status: %v", r.ID, err)
+	}
+	return m
+}
+
+// waitFor polls cond until it holds, fails or the timeout passes.
+func waitFor(t *testing.T, timeout time.Duration, what string, cond func() (bool, error)) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	var lastErr error
+	for {
+		ok, err := cond()
+		if ok {
+			return
+		}
+		if err != nil {
+			lastErr = err
+			var fatal interface{ Fatal() bool }
+			if errors.As(err, &fatal) || strings.Contains(err.Error(), "relay exited") {
+				t.Fatalf("waiting for %s: %v", what, err)
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s (last error: %v)", timeout, what, lastErr)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+func tail(path string, n int) string {
+	f, err := os.Open(path)
+	if err != nil {
+		return err.Error()
+	}
+	defer f.Close()
+	var lines []string
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		lines = append(lines, sc.Text())
+		if len(lines) > n {
+			lines = lines[1:]
+		}
+	}
+	return strings.Join(lines, "\n")
+}
