@@ -20,7 +20,7 @@ import (
 
 // requirePG returns the PostgreSQL bin directory. Without PostgreSQL the
 // test fails when WALRELAY_REQUIRE_PG=1 (CI) and is skipped otherwise.
-func requirePG(t *testing.T) string {
+func requirePG(t testing.TB) string {
 	t.Helper()
 	bin, err := pgcluster.FindBinDir()
 	if err != nil {
@@ -36,7 +36,7 @@ func requirePG(t *testing.T) string {
 }
 
 // newPrimary creates and starts a primary, stopped at cleanup.
-func newPrimary(t *testing.T, name string, conf map[string]string) *pgcluster.Cluster {
+func newPrimary(t testing.TB, name string, conf map[string]string) *pgcluster.Cluster {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
@@ -50,7 +50,7 @@ func newPrimary(t *testing.T, name string, conf map[string]string) *pgcluster.Cl
 
 // newStandby base-backs up src and starts a standby streaming from
 // primaryConninfo, stopped at cleanup.
-func newStandby(t *testing.T, src *pgcluster.Cluster, name, primaryConninfo string) *pgcluster.Cluster {
+func newStandby(t testing.TB, src *pgcluster.Cluster, name, primaryConninfo string) *pgcluster.Cluster {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
@@ -65,7 +65,7 @@ func newStandby(t *testing.T, src *pgcluster.Cluster, name, primaryConninfo stri
 	return c
 }
 
-func startCluster(t *testing.T, c *pgcluster.Cluster) {
+func startCluster(t testing.TB, c *pgcluster.Cluster) {
 	t.Helper()
 	t.Cleanup(func() {
 		if t.Failed() {
@@ -86,14 +86,14 @@ func startCluster(t *testing.T, c *pgcluster.Cluster) {
 }
 
 // clusterBase is one directory per test for all its clusters.
-func clusterBase(t *testing.T) string {
+func clusterBase(t testing.TB) string {
 	t.Helper()
 	return filepath.Join(testDir(t), "clusters")
 }
 
 var testDirs = map[string]string{}
 
-func testDir(t *testing.T) string {
+func testDir(t testing.TB) string {
 	if d, ok := testDirs[t.Name()]; ok {
 		return d
 	}
@@ -111,7 +111,7 @@ type relayProc struct {
 }
 
 // startRelay runs `walrelay relay` against upstream and waits for /status.
-func startRelay(t *testing.T, id, upstream string, extra ...string) *relayProc {
+func startRelay(t testing.TB, id, upstream string, extra ...string) *relayProc {
 	t.Helper()
 	if relayBuildErr != nil {
 		t.Fatal(relayBuildErr)
@@ -144,7 +144,7 @@ func startRelay(t *testing.T, id, upstream string, extra ...string) *relayProc {
 	return r
 }
 
-func (r *relayProc) start(t *testing.T) {
+func (r *relayProc) start(t testing.TB) {
 	t.Helper()
 	logf, err := os.OpenFile(r.LogFile, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
 	if err != nil {
@@ -178,7 +178,7 @@ func (r *relayProc) start(t *testing.T) {
 }
 
 // stop sends SIGTERM and waits, then SIGKILL.
-func (r *relayProc) stop(t *testing.T) {
+func (r *relayProc) stop(t testing.TB) {
 	if r.cmd == nil || r.cmd.Process == nil {
 		return
 	}
@@ -210,7 +210,7 @@ func (r *relayProc) Kill() {
 }
 
 // Restart starts the relay again with the same arguments.
-func (r *relayProc) Restart(t *testing.T) { r.start(t) }
+func (r *relayProc) Restart(t testing.TB) { r.start(t) }
 
 func (r *relayProc) Port() int {
 	var p int
@@ -224,7 +224,7 @@ func (r *relayProc) Conninfo() string {
 }
 
 // Status fetches /status.
-func (r *relayProc) Status(t *testing.T) map[string]any {
+func (r *relayProc) Status(t testing.TB) map[string]any {
 	t.Helper()
 	resp, err := http.Get("http://" + r.HTTP + "/status")
 	if err != nil {
@@ -239,7 +239,7 @@ func (r *relayProc) Status(t *testing.T) map[string]any {
 }
 
 // waitFor polls cond until it holds, fails or the timeout passes.
-func waitFor(t *testing.T, timeout time.Duration, what string, cond func() (bool, error)) {
+func waitFor(t testing.TB, timeout time.Duration, what string, cond func() (bool, error)) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	var lastErr error

@@ -2,6 +2,7 @@
 package e2e
 
 import (
+	"flag"
 	"fmt"
 	"os"
 	"os/exec"
@@ -21,12 +22,18 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	relayBin = filepath.Join(dir, "walrelay")
-	out, err := exec.Command("go", "build", "-race", "-o", relayBin, "github.com/walrelay/walrelay/cmd/walrelay").CombinedOutput()
+	flag.Parse()
+	args := []string{"build", "-o", relayBin}
+	// Tests run the relay with the race detector; benchmarks measure the
+	// binary users run.
+	if f := flag.Lookup("test.bench"); f == nil || f.Value.String() == "" {
+		args = append(args, "-race")
+	}
+	args = append(args, "github.com/walrelay/walrelay/cmd/walrelay")
+	out, err := exec.Command("go", args...).CombinedOutput()
 	if err != nil {
 		relayBuildErr = fmt.Errorf("build walrelay: %w: %s", err, out)
 	}
-	// The binary's directory must be reachable for nothing but us; clusters
-	// get their own directories.
 	code := m.Run()
 	os.RemoveAll(dir)
 	os.Exit(code)

@@ -80,7 +80,7 @@ func TestStandbysThroughRelay(t *testing.T) {
 }
 
 // streamingChildren counts the relay's children in state streaming.
-func streamingChildren(t *testing.T, r *relayProc) (int, error) {
+func streamingChildren(t testing.TB, r *relayProc) (int, error) {
 	st := r.Status(t)
 	ds, _ := st["downstreams"].([]any)
 	n := 0
@@ -155,7 +155,7 @@ func TestReceiveWALByteIdentical(t *testing.T) {
 	t.Logf("%d completed segments byte-identical (direct vs through the relay)", n)
 }
 
-func relayDurable(t *testing.T, r *relayProc) uint64 {
+func relayDurable(t testing.TB, r *relayProc) uint64 {
 	st := r.Status(t)
 	s, _ := st["durable_lsn"].(string)
 	var hi, lo uint32

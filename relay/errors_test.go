@@ -8,8 +8,6 @@ import (
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
-
-	"github.com/walrelay/walrelay/walstream"
 )
 
 // startReplicationError sends START_REPLICATION and expects CopyBothResponse
@@ -215,5 +213,4 @@ func TestClientCopyDone(t *testing.T) {
 	if _, ok := m.(*pgproto3.RowDescription); !ok || err != nil {
 		t.Fatalf("after CopyDone: %T %v", m, err)
 	}
-	_ = walstream.InvalidLSN
 }

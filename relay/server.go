@@ -29,9 +29,11 @@ type WALSource interface {
 	DurableEnd() (walstream.TimeLineID, walstream.LSN)
 	// Wait returns a channel closed when the durable end next moves.
 	Wait() <-chan struct{}
-	// ReadAt reads durable WAL without crossing a segment boundary; a
-	// segment not held gives an error matching walstream.ErrWALRemoved.
-	ReadAt(tli walstream.TimeLineID, lsn walstream.LSN, p []byte) (int, error)
+	// Read returns durable WAL from lsn, at most len(buf) bytes and never
+	// across a segment boundary: a read-only view of memory or buf filled
+	// from disk; empty when nothing past lsn is durable. A segment not held
+	// gives an error matching walstream.ErrWALRemoved.
+	Read(tli walstream.TimeLineID, lsn walstream.LSN, buf []byte) ([]byte, error)
 	// OldestLSN is the first position held on tli.
 	OldestLSN(tli walstream.TimeLineID) (walstream.LSN, bool)
 	// History returns a stored timeline history file.

@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -144,7 +145,9 @@ func (s *session) stream(tli walstream.TimeLineID, start walstream.LSN, slot str
 
 	tick := time.NewTicker(min(time.Second, timeout/4))
 	defer tick.Stop()
-	buf := make([]byte, walstream.XLogDataHeaderLen+walstream.MaxSendSize)
+	// Messages sent through be (keepalives) are flushed at once, so these
+	// direct writes never overtake buffered ones.
+	ww := newWALWriter()
 	pos := start
 	pinged := false
 	stopping := s.srv.stopStreams
@@ -153,7 +156,7 @@ func (s *session) stream(tli walstream.TimeLineID, start walstream.LSN, slot str
 		_, durable := src.DurableEnd()
 		if pos < durable {
 			var err error
-			if pos, err = s.sendWAL(tli, pos, durable, buf); err != nil {
+			if pos, err = s.sendWAL(ww, tli, pos, durable); err != nil {
 				return err
 			}
 			lag.sent(pos, time.Now())
@@ -202,35 +205,69 @@ func (s *session) stream(tli walstream.TimeLineID, start walstream.LSN, slot str
 	}
 }
 
+// walWriter frames XLogData messages straight from the store's memory into
+// one writev per batch: the WAL bytes are copied once, by the kernel.
+type walWriter struct {
+	hdrs    []byte // CopyData + XLogData headers, one per message
+	scratch []byte // disk reads land here
+	iov     [][]byte
+}
+
+const (
+	sendBatch       = 1 << 20 // bytes per writev
+	maxBatchMsgs    = 64
+	copyDataHdrLen  = 5 // 'd' + int32 length
+	walMsgHeaderLen = copyDataHdrLen + walstream.XLogDataHeaderLen
+)
+
+func newWALWriter() *walWriter {
+	return &walWriter{
+		hdrs:    make([]byte, 0, maxBatchMsgs*walMsgHeaderLen),
+		scratch: make([]byte, sendBatch+walstream.MaxSendSize),
+		iov:     make([][]byte, 0, 2*maxBatchMsgs),
+	}
+}
+
 // sendWAL sends durable WAL from pos toward end in walsender-sized messages
 // (at most MaxSendSize, cut at a page boundary when more is pending), about
-// 1 MiB per flush, and returns the new position.
-func (s *session) sendWAL(tli walstream.TimeLineID, pos, end walstream.LSN, buf []byte) (walstream.LSN, error) {
-	const batch = 1 << 20
-	sent := 0
-	for pos < end && sent < batch {
+// 1 MiB per write, and returns the new position.
+func (s *session) sendWAL(w *walWriter, tli walstream.TimeLineID, pos, end walstream.LSN) (walstream.LSN, error) {
+	hdrs, iov, used, sent := w.hdrs[:0], w.iov[:0], 0, 0
+	now := walstream.PGTime(time.Now())
+	for pos < end && sent < sendBatch && len(iov) < cap(iov) {
 		stop := end
 		if stop-pos > walstream.MaxSendSize {
 			stop = pos + walstream.MaxSendSize
 			stop -= stop % walstream.PageSize
 		}
-		n, err := s.srv.cfg.Source.ReadAt(tli, pos, buf[walstream.XLogDataHeaderLen:walstream.XLogDataHeaderLen+int(stop-pos)])
+		scratch := w.scratch[used : used+int(stop-pos)]
+		data, err := s.srv.cfg.Source.Read(tli, pos, scratch)
 		if err != nil {
 			if errors.Is(err, walstream.ErrWALRemoved) {
 				return pos, errorf("58P01", "%s", err.Error())
 			}
 			return pos, fmt.Errorf("read WAL at %s: %w", pos, err)
 		}
-		if n == 0 {
+		if len(data) == 0 {
 			break
 		}
-		walstream.AppendXLogDataHeader(buf[:0], pos, end, walstream.PGTime(time.Now()))
-		s.be.Send(&pgproto3.CopyData{Data: buf[:walstream.XLogDataHeaderLen+n]})
-		pos += walstream.LSN(n)
-		sent += n
+		if &data[0] == &scratch[0] {
+			used += len(data)
+		}
+		h := len(hdrs)
+		hdrs = append(hdrs, 'd')
+		hdrs = binary.BigEndian.AppendUint32(hdrs, uint32(4+walstream.XLogDataHeaderLen+len(data)))
+		hdrs = walstream.AppendXLogDataHeader(hdrs, pos, end, now)
+		iov = append(iov, hdrs[h:len(hdrs):len(hdrs)], data)
+		pos += walstream.LSN(len(data))
+		sent += len(data)
+	}
+	if sent == 0 {
+		return pos, nil
 	}
 	s.conn.SetWriteDeadline(time.Now().Add(s.srv.cfg.SenderTimeout))
-	if err := s.be.Flush(); err != nil {
+	bufs := net.Buffers(iov)
+	if _, err := bufs.WriteTo(s.conn); err != nil {
 		return pos, fmt.Errorf("send WAL at %s: %w", pos, err)
 	}
 	s.srv.m.sentBytes.Add(float64(sent))

@@ -30,17 +30,31 @@ func (s *Store) Wait() <-chan struct{} { return s.notify.wait() }
 // crosses a segment boundary and returns 0, nil when nothing past lsn is
 // durable yet. A segment the store does not hold gives a *WALRemovedError.
 func (s *Store) ReadAt(tli TimeLineID, lsn LSN, p []byte) (int, error) {
-	return s.readAt(tli, lsn, p, -1)
+	b, err := s.read(tli, lsn, p, -1, false)
+	return len(b), err
 }
 
-// readAt reads from segment (tli, lsn) at most limit bytes of the segment
+// Read is ReadAt without the copy where it can: WAL held in memory comes
+// back as a read-only view of the store's buffer (valid forever: durable
+// bytes never change); otherwise buf is filled from the file. At most
+// len(buf) bytes.
+func (s *Store) Read(tli TimeLineID, lsn LSN, buf []byte) ([]byte, error) {
+	return s.read(tli, lsn, buf, -1, true)
+}
+
+func (s *Store) readAt(tli TimeLineID, lsn LSN, p []byte, limit int64) (int, error) {
+	b, err := s.read(tli, lsn, p, limit, false)
+	return len(b), err
+}
+
+// read reads from segment (tli, lsn) at most limit bytes of the segment
 // (limit < 0: the segment's durable bytes; the writer verifying resent WAL
 // may read its own bytes that are not durable yet).
-func (s *Store) readAt(tli TimeLineID, lsn LSN, p []byte, limit int64) (int, error) {
+func (s *Store) read(tli TimeLineID, lsn LSN, p []byte, limit int64, view bool) ([]byte, error) {
 	s.mu.Lock()
 	if !s.hasMeta {
 		s.mu.Unlock()
-		return 0, fmt.Errorf("read %s: store has no WAL yet", lsn)
+		return nil, fmt.Errorf("read %s: store has no WAL yet", lsn)
 	}
 	segSize := s.meta.SegmentSize
 	key := segKey{tli, lsn.SegmentNo(segSize)}
@@ -52,9 +66,9 @@ func (s *Store) readAt(tli TimeLineID, lsn LSN, p []byte, limit int64) (int, err
 	s.mu.Unlock()
 	if seg == nil {
 		if tli == TimeLineID(s.durableTLI.Load()) && lsn >= LSN(s.durable.Load()) {
-			return 0, nil // not written yet
+			return nil, nil // not written yet
 		}
-		return 0, &WALRemovedError{Segment: SegmentFileName(tli, key.no, segSize)}
+		return nil, &WALRemovedError{Segment: SegmentFileName(tli, key.no, segSize)}
 	}
 	avail := seg.durable.Load()
 	if limit >= 0 {
@@ -62,20 +76,23 @@ func (s *Store) readAt(tli TimeLineID, lsn LSN, p []byte, limit int64) (int, err
 	}
 	off := int64(lsn.SegmentOffset(segSize))
 	if off >= avail {
-		return 0, nil
+		return nil, nil
 	}
 	n := min(int64(len(p)), avail-off)
 	if mem != nil {
-		return copy(p[:n], mem[off:off+n]), nil
+		if view {
+			return mem[off : off+n : off+n], nil
+		}
+		return p[:copy(p[:n], mem[off:off+n])], nil
 	}
 	m, err := seg.f.ReadAt(p[:n], off)
 	if err != nil {
 		if errors.Is(err, os.ErrClosed) {
-			return 0, &WALRemovedError{Segment: SegmentFileName(tli, key.no, segSize)}
+			return nil, &WALRemovedError{Segment: SegmentFileName(tli, key.no, segSize)}
 		}
-		return m, fmt.Errorf("read segment %s at %s: %w", seg.path, lsn, err)
+		return p[:m], fmt.Errorf("read segment %s at %s: %w", seg.path, lsn, err)
 	}
-	return m, nil
+	return p[:m], nil
 }
 
 // OldestLSN returns the first position held on timeline tli, or false when

@@ -145,6 +145,7 @@ func (s *Store) newSegment(tli TimeLineID, no uint64) error {
 	if err != nil {
 		return fmt.Errorf("create segment %s: %w", name, err)
 	}
+	preallocate(f, int64(s.meta.SegmentSize))
 	if err := fsutil.SyncDir(s.walDir()); err != nil {
 		f.Close()
 		return fmt.Errorf("sync %s: %w", s.walDir(), err)

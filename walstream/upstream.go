@@ -338,16 +338,32 @@ func (u *Upstream) copyLoop(ctx context.Context, nc net.Conn, fe *pgproto3.Front
 			}
 		case m := <-msgs:
 			reply, wrote := false, false
-			for batch := 0; ; batch++ {
+			var batchBytes int
+			for {
 				r, w, err := u.apply(tli, m)
 				if err != nil {
 					return err
 				}
 				reply, wrote = reply || r, wrote || w
-				if batch >= 256 || len(msgs) == 0 {
+				batchBytes += len(m.data)
+				if batchBytes >= maxSyncBatch {
 					break
 				}
-				m = <-msgs
+				if len(msgs) > 0 {
+					m = <-msgs
+					continue
+				}
+				// A walsender sends a full MaxSendSize message only when more
+				// WAL is pending: the next one is already on its way, and
+				// one fsync for both costs less than two. At the tip,
+				// messages are shorter and are synced at once.
+				if len(m.data) < MaxSendSize {
+					break
+				}
+				var ok bool
+				if m, ok = nextWithin(msgs, groupCommitWait); !ok {
+					break
+				}
 			}
 			if wrote {
 				t0 := time.Now()
@@ -362,6 +378,23 @@ func (u *Upstream) copyLoop(ctx context.Context, nc net.Conn, fe *pgproto3.Front
 				}
 			}
 		}
+	}
+}
+
+const (
+	maxSyncBatch    = 4 << 20
+	groupCommitWait = 2 * time.Millisecond
+)
+
+// nextWithin waits up to d for another message.
+func nextWithin(msgs <-chan upstreamMsg, d time.Duration) (upstreamMsg, bool) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case m := <-msgs:
+		return m, true
+	case <-t.C:
+		return upstreamMsg{}, false
 	}
 }
 

@@ -215,14 +215,20 @@ func waitUntil(ctx context.Context, d time.Duration, cond func() bool) error {
 
 func lsnText(l uint64) string { return fmt.Sprintf("%X/%X", uint32(l>>32), uint32(l)) }
 
-// printTree shows primary -> relay -> standbys with positions and lag.
+// printTree shows primary -> relay -> standbys with positions and lag. The
+// primary is read last so that it is never shown behind its descendants.
 func printTree(ctx context.Context, out io.Writer, primary *pgcluster.Cluster, rs relay.NodeStatus, standbys []*pgcluster.Cluster) {
+	replays := make([]uint64, len(standbys))
+	for i, sb := range standbys {
+		replays[i], _ = sb.CurrentLSN(ctx)
+	}
 	pLSN, _ := primary.CurrentLSN(ctx)
 	var b strings.Builder
-	fmt.Fprintf(&b, "\n%-24s %-16s %-14s %s\n", "NODE", "ADDRESS", "LSN", "LAG")
-	fmt.Fprintf(&b, "%-24s %-16s %-14s %s\n", "primary", fmt.Sprintf(":%d", primary.Port), lsnText(pLSN), "-")
-	fmt.Fprintf(&b, "%-24s %-16s %-14s %s\n", "└─ relay "+rs.NodeID, "", rs.DurableLSN.String(),
-		fmtBytes(int64(pLSN)-int64(rs.DurableLSN)))
+	row := func(node, addr, lsn, lag string) { fmt.Fprintf(&b, "%-24s %-16s %-14s %s\n", node, addr, lsn, lag) }
+	b.WriteString("\n")
+	row("NODE", "ADDRESS", "LSN", "LAG BEHIND PRIMARY")
+	row("primary", fmt.Sprintf(":%d", primary.Port), lsnText(pLSN), "-")
+	row("└─ relay "+rs.NodeID, "", rs.DurableLSN.String(), fmtBytes(int64(pLSN)-int64(rs.DurableLSN)))
 	byApp := map[string]relay.SessionStatus{}
 	for _, d := range rs.Downstreams {
 		byApp[d.ApplicationName] = d
@@ -232,14 +238,13 @@ func printTree(ctx context.Context, out io.Writer, primary *pgcluster.Cluster, r
 		if i == len(standbys)-1 {
 			branch = "└─"
 		}
-		replay, _ := sb.CurrentLSN(ctx)
-		lag := fmtBytes(int64(pLSN) - int64(replay))
+		lag := fmtBytes(int64(pLSN) - int64(replays[i]))
 		if d, ok := byApp[sb.Name]; ok {
 			lag += fmt.Sprintf(", replay lag %.1f ms", d.ReplayLagSeconds*1000)
 		} else {
-			lag += " (not connected)"
+			lag += " (not connected to the relay)"
 		}
-		fmt.Fprintf(&b, "%-24s %-16s %-14s %s\n", "   "+branch+" "+sb.Name, fmt.Sprintf(":%d", sb.Port), lsnText(replay), lag)
+		row("   "+branch+" "+sb.Name, fmt.Sprintf(":%d", sb.Port), lsnText(replays[i]), lag)
 	}
 	fmt.Fprint(out, b.String())
 }

@@ -1,0 +1,348 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/walrelay/walrelay/internal/pgcluster"
+	"github.com/walrelay/walrelay/walstream"
+)
+
+// BenchmarkRelayHop measures the replay lag a relay adds: one standby
+// streams from the primary, one through a relay, both under the same
+// pgbench run. A probe commits a marker every 20 ms on the primary; each
+// standby is polled for its replay LSN, and a marker's lag is the time from
+// its commit to the first poll that shows it replayed.
+//
+//	go test -run '^$' -bench RelayHop -benchtime 1x ./e2e/
+func BenchmarkRelayHop(b *testing.B) {
+	requirePG(b)
+	primary := newPrimary(b, "primary", nil)
+	ctx := context.Background()
+	if err := primary.PgbenchInit(ctx, 5); err != nil {
+		b.Fatal(err)
+	}
+	if err := primary.Exec(ctx, "CREATE TABLE probe(t timestamptz)"); err != nil {
+		b.Fatal(err)
+	}
+	relay := startRelay(b, "r1", primary.ReplicationConnString(), "--log-level", "info")
+	direct := newStandby(b, primary, "direct", primary.ReplicationConnString())
+	relayed := newStandby(b, primary, "relayed", relay.Conninfo())
+	target, _ := primary.CurrentLSN(ctx)
+	for _, sb := range []*pgcluster.Cluster{direct, relayed} {
+		wctx, cancel := context.WithTimeout(ctx, time.Minute)
+		if err := sb.WaitReplayed(wctx, target); err != nil {
+			b.Fatal(err)
+		}
+		cancel()
+	}
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		d, r := measureHop(b, primary, direct, relayed, 15*time.Second)
+		report := func(name string, lags []time.Duration) {
+			b.ReportMetric(ms(percentile(lags, 50)), name+"-p50-ms")
+			b.ReportMetric(ms(percentile(lags, 99)), name+"-p99-ms")
+		}
+		report("direct", d)
+		report("relay", r)
+		b.ReportMetric(ms(percentile(r, 50)-percentile(d, 50)), "added-p50-ms")
+		b.ReportMetric(ms(percentile(r, 99)-percentile(d, 99)), "added-p99-ms")
+		b.Logf("markers: %d; direct p50 %.2f p99 %.2f ms; relay p50 %.2f p99 %.2f ms",
+			len(d), ms(percentile(d, 50)), ms(percentile(d, 99)), ms(percentile(r, 50)), ms(percentile(r, 99)))
+	}
+}
+
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+func percentile(ds []time.Duration, p int) time.Duration {
+	if len(ds) == 0 {
+		return 0
+	}
+	s := append([]time.Duration(nil), ds...)
+	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+	return s[min(len(s)-1, len(s)*p/100)]
+}
+
+type lsnSample struct {
+	at  time.Time
+	lsn uint64
+}
+
+// measureHop runs pgbench for d with the probe and returns the per-marker
+// replay lags of the two standbys.
+func measureHop(b *testing.B, primary, direct, relayed *pgcluster.Cluster, d time.Duration) (dl, rl []time.Duration) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var wg sync.WaitGroup
+	samples := make([][]lsnSample, 2)
+	for i, sb := range []*pgcluster.Cluster{direct, relayed} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			samples[i] = pollReplay(ctx, sb)
+		}()
+	}
+	type marker struct {
+		at  time.Time
+		lsn uint64
+	}
+	var markers []marker
+	load := make(chan error, 1)
+	go func() { load <- primary.Pgbench(context.Background(), 2, d) }()
+	pconn, err := pgx.Connect(ctx, primary.ConnString())
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer pconn.Close(context.Background())
+	deadline := time.Now().Add(d)
+	for time.Now().Before(deadline) {
+		var lsn string
+		if err := pconn.QueryRow(ctx, "WITH i AS (INSERT INTO probe VALUES (now())) SELECT pg_current_wal_insert_lsn()::text").Scan(&lsn); err != nil {
+			b.Fatal(err)
+		}
+		// The commit returned: the marker is durable on the primary now.
+		at := time.Now()
+		v, _ := pgcluster.ParseLSN(lsn)
+		markers = append(markers, marker{at, v})
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err := <-load; err != nil {
+		b.Fatal(err)
+	}
+	time.Sleep(2 * time.Second)
+	cancel()
+	wg.Wait()
+	lags := func(s []lsnSample) []time.Duration {
+		var out []time.Duration
+		j := 0
+		for _, m := range markers {
+			for j < len(s) && s[j].lsn < m.lsn {
+				j++
+			}
+			if j == len(s) {
+				break
+			}
+			out = append(out, max(0, s[j].at.Sub(m.at)))
+		}
+		return out
+	}
+	return lags(samples[0]), lags(samples[1])
+}
+
+// pollReplay records the standby's replay LSN as often as it can answer.
+func pollReplay(ctx context.Context, sb *pgcluster.Cluster) []lsnSample {
+	conn, err := pgconn.Connect(ctx, sb.ConnString())
+	if err != nil {
+		return nil
+	}
+	defer conn.Close(context.Background())
+	var out []lsnSample
+	for ctx.Err() == nil {
+		res, err := conn.Exec(ctx, "SELECT pg_last_wal_replay_lsn()").ReadAll()
+		if err != nil || len(res) == 0 || len(res[0].Rows) == 0 {
+			continue
+		}
+		v, err := pgcluster.ParseLSN(string(res[0].Rows[0][0]))
+		if err == nil {
+			out = append(out, lsnSample{time.Now(), v})
+		}
+	}
+	return out
+}
+
+// BenchmarkRelayCPU compares CPU per delivered MB: N consumers streaming
+// straight from the primary (CPU of its walsender processes) against the
+// same N streaming through a relay (CPU of the relay process), with the
+// same WAL volume, in one run.
+//
+//	go test -run '^$' -bench RelayCPU -benchtime 1x ./e2e/
+func BenchmarkRelayCPU(b *testing.B) {
+	requirePG(b)
+	const consumers = 10
+	primary := newPrimary(b, "primary", map[string]string{"max_wal_senders": "40", "max_wal_size": "2GB"})
+	relay := startRelay(b, "r1", primary.ReplicationConnString(), "--log-level", "info")
+	ctx := context.Background()
+	if err := primary.Exec(ctx, "CREATE TABLE filler(id int, pad text)"); err != nil {
+		b.Fatal(err)
+	}
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		directCPU, directMB := cpuRun(b, primary, consumers, primary.Port, func() []int { return walsenderPIDs(b, primary) })
+		relayPID := relay.cmd.Process.Pid
+		target, _ := primary.CurrentLSN(ctx)
+		waitFor(b, time.Minute, "relay caught up", func() (bool, error) { return relayDurable(b, relay) >= target, nil })
+		if p := os.Getenv("WALRELAY_PROFILE"); p != "" {
+			go saveProfile(b, relay, p)
+		}
+		relayCPU, relayMB := cpuRun(b, primary, consumers, relay.Port(), func() []int { return []int{relayPID} })
+		dPer := directCPU.Seconds() * 1000 / directMB
+		rPer := relayCPU.Seconds() * 1000 / relayMB
+		if resp, err := http.Get("http://" + relay.HTTP + "/metrics"); err == nil {
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			for _, l := range strings.Split(string(body), "\n") {
+				if strings.HasPrefix(l, "walrelay_store_fsync_seconds_count") || strings.HasPrefix(l, "walrelay_upstream_received_bytes_total") {
+					b.Log(l)
+				}
+			}
+		}
+		b.ReportMetric(dPer, "direct-cpu-ms/MB")
+		b.ReportMetric(rPer, "relay-cpu-ms/MB")
+		b.ReportMetric(rPer/dPer, "relay/direct")
+		b.Logf("%d consumers: primary walsenders %.0f ms CPU for %.0f MB delivered (%.3f ms/MB); relay %.0f ms for %.0f MB (%.3f ms/MB); ratio %.2f",
+			consumers, directCPU.Seconds()*1000, directMB, dPer, relayCPU.Seconds()*1000, relayMB, rPer, rPer/dPer)
+	}
+}
+
+// cpuRun connects n discarding consumers to port, writes about 128 MB of
+// WAL on the primary, waits until every consumer has it, and returns the
+// CPU time the processes from pids() used and the MB delivered in total.
+func cpuRun(b *testing.B, primary *pgcluster.Cluster, n, port int, pids func() []int) (time.Duration, float64) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	start, err := primary.CurrentLSN(ctx)
+	if err != nil {
+		b.Fatal(err)
+	}
+	start = start / (16 << 20) * (16 << 20)
+	got := make([]uint64, n)
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	for i := 0; i < n; i++ {
+		conn, err := pgconn.Connect(ctx, fmt.Sprintf("host=127.0.0.1 port=%d user=postgres sslmode=disable replication=true", port))
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer conn.Close(context.Background())
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			discard(ctx, conn, start, func(end uint64) { mu.Lock(); got[i] = end; mu.Unlock() })
+		}()
+	}
+	time.Sleep(500 * time.Millisecond)
+	before := cpuOf(pids())
+	if err := primary.Exec(ctx, "INSERT INTO filler SELECT g, repeat(md5(g::text), 4) FROM generate_series(1, 600000) g"); err != nil {
+		b.Fatal(err)
+	}
+	target, _ := primary.CurrentLSN(ctx)
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		mu.Lock()
+		done := true
+		for _, g := range got {
+			done = done && g >= target
+		}
+		mu.Unlock()
+		if done {
+			break
+		}
+		if time.Now().After(deadline) {
+			b.Fatalf("consumers did not reach %s", fmtLSN(target))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	used := cpuOf(pids()) - before
+	cancel()
+	wg.Wait()
+	return used, float64(target-start) * float64(n) / (1 << 20)
+}
+
+// discard streams from start and reports the end of what it received.
+func discard(ctx context.Context, conn *pgconn.PgConn, start uint64, progress func(uint64)) {
+	fe := conn.Frontend()
+	fe.Send(&pgproto3.Query{String: fmt.Sprintf("START_REPLICATION %s TIMELINE 1", fmtLSN(start))})
+	fe.Flush()
+	var buf []byte
+	for ctx.Err() == nil {
+		msg, err := conn.ReceiveMessage(ctx)
+		if err != nil {
+			return
+		}
+		cd, ok := msg.(*pgproto3.CopyData)
+		if !ok || len(cd.Data) == 0 {
+			continue
+		}
+		switch cd.Data[0] {
+		case 'w':
+			x, err := walstream.ParseXLogData(cd.Data)
+			if err == nil {
+				progress(uint64(x.DataStart) + uint64(len(x.Data)))
+			}
+		case 'k':
+			k, _ := walstream.ParseKeepalive(cd.Data)
+			if k.ReplyRequested {
+				buf = walstream.AppendStandbyStatus(buf[:0], walstream.StandbyStatus{SendTime: walstream.PGTime(time.Now())})
+				fe.Send(&pgproto3.CopyData{Data: buf})
+				fe.Flush()
+			}
+		}
+	}
+}
+
+func walsenderPIDs(b *testing.B, c *pgcluster.Cluster) []int {
+	conn, err := c.Connect(context.Background())
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	rows, err := conn.Query(context.Background(), "SELECT pid FROM pg_stat_replication")
+	if err != nil {
+		b.Fatal(err)
+	}
+	var pids []int
+	for rows.Next() {
+		var p int
+		rows.Scan(&p)
+		pids = append(pids, p)
+	}
+	return pids
+}
+
+// cpuOf sums user+system CPU of the processes (Linux /proc).
+func cpuOf(pids []int) time.Duration {
+	var ticks int64
+	for _, pid := range pids {
+		b, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "stat"))
+		if err != nil {
+			continue
+		}
+		s := string(b)
+		fields := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
+		u, _ := strconv.ParseInt(fields[11], 10, 64)
+		st, _ := strconv.ParseInt(fields[12], 10, 64)
+		ticks += u + st
+	}
+	return time.Duration(ticks) * (time.Second / 100) // USER_HZ
+}
+
+// saveProfile writes a 4 s CPU profile of the relay to path.
+func saveProfile(b *testing.B, r *relayProc, path string) {
+	resp, err := http.Get("http://" + r.HTTP + "/debug/pprof/profile?seconds=4")
+	if err != nil {
+		b.Log(err)
+		return
+	}
+	defer resp.Body.Close()
+	f, err := os.Create(path)
+	if err != nil {
+		b.Log(err)
+		return
+	}
+	defer f.Close()
+	io.Copy(f, resp.Body)
+}

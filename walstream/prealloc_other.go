@@ -1,0 +1,7 @@
+//go:build !linux
+
+package walstream
+
+import "os"
+
+func preallocate(*os.File, int64) {}
