@@ -247,11 +247,11 @@ func (p *parser) ident() (string, error) {
 }
 
 func (p *parser) timeline() (walstream.TimeLineID, error) {
-	t := p.next()
+	t := p.peek()
 	if t.kind != tokUint {
-		p.pos--
 		return 0, p.syntaxError()
 	}
+	p.pos++
 	v, err := strconv.ParseUint(t.text, 10, 32)
 	if err != nil {
 		return 0, errorf("42601", "invalid timeline %s", t.text)
@@ -445,11 +445,11 @@ func (p *parser) startReplication(cmd *Command) error {
 	} else {
 		p.acceptKeyword("PHYSICAL")
 	}
-	t := p.next()
+	t := p.peek()
 	if t.kind != tokLSN {
-		p.pos--
 		return p.syntaxError()
 	}
+	p.pos++
 	hi, lo, _ := strings.Cut(t.text, "/")
 	if len(hi) > 8 || len(lo) > 8 {
 		return errorf("42601", "invalid streaming start location")
