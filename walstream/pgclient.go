@@ -8,7 +8,6 @@ import (
 	"strings"
 
 	"github.com/jackc/pgx/v5/pgconn"
-	"github.com/jackc/pgx/v5/pgproto3"
 )
 
 // quoteIdent quotes a replication-protocol identifier ("" doubles a quote).
@@ -42,39 +41,4 @@ func ensureSlot(ctx context.Context, conn *pgconn.PgConn, slot string) error {
 		return fmt.Errorf("create replication slot %q: %w", slot, err)
 	}
 	return nil
-}
-
-// startCopyBoth sends START_REPLICATION and waits for CopyBothResponse. On an
-// error it also consumes the ReadyForQuery that follows, leaving the
-// connection usable.
-func startCopyBoth(ctx context.Context, conn *pgconn.PgConn, query string) error {
-	fe := conn.Frontend()
-	fe.Send(&pgproto3.Query{String: query})
-	if err := fe.Flush(); err != nil {
-		return err
-	}
-	var pgErr error
-	for {
-		msg, err := conn.ReceiveMessage(ctx)
-		if err != nil {
-			return err
-		}
-		switch msg := msg.(type) {
-		case *pgproto3.CopyBothResponse:
-			return nil
-		case *pgproto3.ErrorResponse:
-			pgErr = pgconn.ErrorResponseToPgError(msg)
-		case *pgproto3.ReadyForQuery:
-			if pgErr == nil {
-				pgErr = errors.New("server returned ReadyForQuery without starting replication")
-			}
-			return pgErr
-		case *pgproto3.NoticeResponse, *pgproto3.ParameterStatus:
-		default:
-			if pgErr != nil {
-				return pgErr
-			}
-			return fmt.Errorf("unexpected message %T in response to START_REPLICATION", msg)
-		}
-	}
 }

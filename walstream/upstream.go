@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -100,6 +99,7 @@ type Upstream struct {
 	m      *upstreamMetrics
 
 	serverEnd atomic.Uint64 // parent's reported flush position
+	lastFull  bool          // the last WAL message was MaxSendSize long (copyLoop only)
 	mu        sync.Mutex
 	status    UpstreamStatus
 }
@@ -219,17 +219,22 @@ func (u *Upstream) stream(ctx context.Context, log *slog.Logger) error {
 	if u.cfg.Slot != "" {
 		query = fmt.Sprintf("START_REPLICATION SLOT %s PHYSICAL %s TIMELINE %d", quoteIdent(u.cfg.Slot), start, tli)
 	}
-	if err := startCopyBoth(ctx, conn, query); err != nil {
-		return fmt.Errorf("%s: %w", query, err)
-	}
+	// The connection is idle (every reply read), so nothing is buffered
+	// in pgconn: the stream can be read directly from the socket.
 	hc, err := conn.Hijack()
 	if err != nil {
 		return err
 	}
 	defer hc.Conn.Close()
+	stop := context.AfterFunc(ctx, func() { hc.Conn.SetDeadline(time.Unix(1, 0)) })
+	defer stop()
+	cc := newCopyConn(hc.Conn)
+	if err := cc.startCopy(ctx, query); err != nil {
+		return fmt.Errorf("%s: %w", query, err)
+	}
 	log.Info("streaming from upstream", "timeline", tli, "start_lsn", start.String(), "slot", u.cfg.Slot)
 	u.setState(UpstreamStreaming, nil)
-	return u.copyLoop(ctx, hc.Conn, hc.Frontend, tli)
+	return u.copyLoop(ctx, cc, tli)
 }
 
 // handshake identifies the parent, binds the store to it, ensures the slot
@@ -294,90 +299,142 @@ func (u *Upstream) handshake(ctx context.Context, conn *pgconn.PgConn, log *slog
 	return tli, end, nil
 }
 
-// copyLoop writes what the reader goroutine receives, syncs each batch and
-// reports positions. It is the only writer to the connection.
-func (u *Upstream) copyLoop(ctx context.Context, nc net.Conn, fe *pgproto3.Frontend, tli TimeLineID) error {
-	msgs := make(chan upstreamMsg, 64)
-	readErr := make(chan error, 1)
-	readCtx, stopReader := context.WithCancel(ctx)
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		readErr <- readMessages(readCtx, nc, fe, msgs, u.cfg.Timeout)
-	}()
-	defer func() {
-		stopReader()
-		nc.Close()
-		wg.Wait()
-	}()
-
-	ticker := time.NewTicker(u.cfg.StatusInterval)
-	defer ticker.Stop()
-	var buf []byte
+// copyLoop receives WAL, writes it, and fsyncs and reports a batch once no
+// more input is buffered. One goroutine reads and writes the connection.
+func (u *Upstream) copyLoop(ctx context.Context, cc *copyConn, tli TimeLineID) error {
+	var status []byte
 	sendStatus := func() error {
 		_, durable := u.store.DurableEnd()
-		buf = AppendStandbyStatus(buf[:0], StandbyStatus{
+		status = AppendStandbyStatus(status[:0], StandbyStatus{
 			Write: durable, Flush: durable, Apply: durable, SendTime: PGTime(time.Now()),
 		})
-		fe.Send(&pgproto3.CopyData{Data: buf})
-		if err := fe.Flush(); err != nil {
+		if err := cc.send('d', status); err != nil {
 			return fmt.Errorf("send standby status: %w", err)
 		}
 		return nil
 	}
+	lastRecv := time.Now()
+	nextStatus := lastRecv.Add(u.cfg.StatusInterval)
+	var pending, reply bool // written but not synced; parent asked for a reply
+	var batch int
 	for {
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case err := <-readErr:
-			return err
-		case <-ticker.C:
-			if err := sendStatus(); err != nil {
-				return err
+		deadline := lastRecv.Add(u.cfg.Timeout)
+		if nextStatus.Before(deadline) {
+			deadline = nextStatus
+		}
+		if pending && !cc.buffered() {
+			// Nothing more is here yet. A full-size message means the
+			// parent has more pending: give it a moment so one fsync
+			// covers both, unless the batch is already large.
+			deadline = time.Now()
+			if batch < maxSyncBatch && u.lastFull {
+				deadline = deadline.Add(groupCommitWait)
 			}
-		case m := <-msgs:
-			reply, wrote := false, false
-			var batchBytes int
-			for {
-				r, w, err := u.apply(tli, m)
-				if err != nil {
+		}
+		typ, body, err := cc.next(deadline)
+		now := time.Now()
+		switch {
+		case err == nil:
+			lastRecv = now
+		case isTimeout(err) && ctx.Err() == nil:
+			if pending {
+				if err := u.sync(); err != nil {
 					return err
 				}
-				reply, wrote = reply || r, wrote || w
-				batchBytes += len(m.data)
-				if batchBytes >= maxSyncBatch {
-					break
-				}
-				if len(msgs) > 0 {
-					m = <-msgs
-					continue
-				}
-				// A walsender sends a full MaxSendSize message only when more
-				// WAL is pending: the next one is already on its way, and
-				// one fsync for both costs less than two. At the tip,
-				// messages are shorter and are synced at once.
-				if len(m.data) < MaxSendSize {
-					break
-				}
-				var ok bool
-				if m, ok = nextWithin(msgs, groupCommitWait); !ok {
-					break
-				}
+				pending, batch, reply = false, 0, true
 			}
-			if wrote {
-				t0 := time.Now()
-				if _, err := u.store.Sync(); err != nil {
-					return &storeError{err}
-				}
-				u.m.fsync.Observe(time.Since(t0).Seconds())
+			if now.Sub(lastRecv) >= u.cfg.Timeout {
+				return fmt.Errorf("no message from upstream for %s: terminating", u.cfg.Timeout)
 			}
-			if reply || wrote {
+			if reply || !now.Before(nextStatus) {
 				if err := sendStatus(); err != nil {
 					return err
 				}
+				reply, nextStatus = false, now.Add(u.cfg.StatusInterval)
 			}
+			continue
+		case ctx.Err() != nil:
+			return ctx.Err()
+		default:
+			return fmt.Errorf("receive: %w", err)
 		}
+		switch typ {
+		case 'd':
+			n, r, err := u.handleCopyData(tli, body)
+			if err != nil {
+				return err
+			}
+			if n > 0 {
+				pending = true
+				batch += n
+			}
+			reply = reply || r
+		case 'c':
+			return errors.New("upstream ended the stream (end of timeline)")
+		case 'E':
+			var er pgproto3.ErrorResponse
+			if err := er.Decode(body); err != nil {
+				return err
+			}
+			return pgconn.ErrorResponseToPgError(&er)
+		case 'N', 'S':
+		default:
+			return fmt.Errorf("unexpected message %q from upstream", typ)
+		}
+		if !pending && reply {
+			if err := sendStatus(); err != nil {
+				return err
+			}
+			reply, nextStatus = false, now.Add(u.cfg.StatusInterval)
+		}
+	}
+}
+
+// sync makes the written batch durable and publishes it.
+func (u *Upstream) sync() error {
+	t0 := time.Now()
+	if _, err := u.store.Sync(); err != nil {
+		return &storeError{err}
+	}
+	u.m.fsync.Observe(time.Since(t0).Seconds())
+	return nil
+}
+
+// handleCopyData applies one CopyData payload: WAL is written to the store
+// from the read buffer; it returns the WAL bytes written and whether the
+// parent asked for a reply.
+func (u *Upstream) handleCopyData(tli TimeLineID, b []byte) (int, bool, error) {
+	if len(b) == 0 {
+		return 0, false, errors.New("empty CopyData from upstream")
+	}
+	switch b[0] {
+	case MsgXLogData:
+		x, err := ParseXLogData(b)
+		if err != nil {
+			return 0, false, err
+		}
+		u.noteServerEnd(x.WALEnd)
+		if err := u.store.Write(tli, x.DataStart, x.Data); err != nil {
+			return 0, false, &storeError{err}
+		}
+		u.lastFull = len(x.Data) == MaxSendSize
+		u.m.received.Add(float64(len(x.Data)))
+		return len(x.Data), false, nil
+	case MsgKeepalive:
+		k, err := ParseKeepalive(b)
+		if err != nil {
+			return 0, false, err
+		}
+		u.noteServerEnd(k.WALEnd)
+		return 0, k.ReplyRequested, nil
+	default:
+		return 0, false, fmt.Errorf("unexpected CopyData message type %q from upstream", b[0])
+	}
+}
+
+func (u *Upstream) noteServerEnd(end LSN) {
+	if end > LSN(u.serverEnd.Load()) {
+		u.serverEnd.Store(uint64(end))
 	}
 }
 
@@ -385,96 +442,6 @@ const (
 	maxSyncBatch    = 4 << 20
 	groupCommitWait = 2 * time.Millisecond
 )
-
-// nextWithin waits up to d for another message.
-func nextWithin(msgs <-chan upstreamMsg, d time.Duration) (upstreamMsg, bool) {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case m := <-msgs:
-		return m, true
-	case <-t.C:
-		return upstreamMsg{}, false
-	}
-}
-
-// apply handles one message; it reports whether a reply was requested and
-// whether WAL was written.
-func (u *Upstream) apply(tli TimeLineID, m upstreamMsg) (reply, wrote bool, err error) {
-	if m.walEnd > LSN(u.serverEnd.Load()) {
-		u.serverEnd.Store(uint64(m.walEnd))
-	}
-	if m.keepalive {
-		return m.replyRequested, false, nil
-	}
-	if err := u.store.Write(tli, m.start, m.data); err != nil {
-		return false, false, &storeError{err}
-	}
-	u.m.received.Add(float64(len(m.data)))
-	return false, true, nil
-}
-
-type upstreamMsg struct {
-	keepalive      bool
-	replyRequested bool
-	start, walEnd  LSN
-	data           []byte
-}
-
-// readMessages decodes the parent's CopyBoth stream until an error. It owns
-// reads on nc; copies of WAL bytes go to out.
-func readMessages(ctx context.Context, nc net.Conn, fe *pgproto3.Frontend, out chan<- upstreamMsg, timeout time.Duration) error {
-	for {
-		nc.SetReadDeadline(time.Now().Add(timeout))
-		msg, err := fe.Receive()
-		if err != nil {
-			if ctx.Err() != nil {
-				return ctx.Err()
-			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				return fmt.Errorf("no message from upstream for %s: terminating", timeout)
-			}
-			return fmt.Errorf("receive: %w", err)
-		}
-		var m upstreamMsg
-		switch msg := msg.(type) {
-		case *pgproto3.CopyData:
-			if len(msg.Data) == 0 {
-				return errors.New("empty CopyData from upstream")
-			}
-			switch msg.Data[0] {
-			case MsgXLogData:
-				x, err := ParseXLogData(msg.Data)
-				if err != nil {
-					return err
-				}
-				m = upstreamMsg{start: x.DataStart, walEnd: x.WALEnd, data: append([]byte(nil), x.Data...)}
-			case MsgKeepalive:
-				k, err := ParseKeepalive(msg.Data)
-				if err != nil {
-					return err
-				}
-				m = upstreamMsg{keepalive: true, replyRequested: k.ReplyRequested, walEnd: k.WALEnd}
-			default:
-				return fmt.Errorf("unexpected CopyData message type %q from upstream", msg.Data[0])
-			}
-		case *pgproto3.CopyDone:
-			return errors.New("upstream ended the stream (end of timeline)")
-		case *pgproto3.ErrorResponse:
-			return pgconn.ErrorResponseToPgError(msg)
-		case *pgproto3.NoticeResponse, *pgproto3.ParameterStatus:
-			continue
-		default:
-			return fmt.Errorf("unexpected message %T from upstream", msg)
-		}
-		select {
-		case out <- m:
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-	}
-}
 
 type upstreamMetrics struct {
 	received   prometheus.Counter
