@@ -176,9 +176,14 @@ func pollReplay(ctx context.Context, sb *pgcluster.Cluster) []lsnSample {
 //
 //	go test -run '^$' -bench RelayCPU -benchtime 1x ./e2e/
 func BenchmarkRelayCPU(b *testing.B) {
+	for _, n := range []int{10, 50} {
+		b.Run(fmt.Sprintf("consumers=%d", n), func(b *testing.B) { benchRelayCPU(b, n) })
+	}
+}
+
+func benchRelayCPU(b *testing.B, consumers int) {
 	requirePG(b)
-	const consumers = 10
-	primary := newPrimary(b, "primary", map[string]string{"max_wal_senders": "40", "max_wal_size": "2GB"})
+	primary := newPrimary(b, "primary", map[string]string{"max_wal_senders": "60", "max_wal_size": "2GB", "max_connections": "100"})
 	relay := startRelay(b, "r1", primary.ReplicationConnString(), "--log-level", "info")
 	ctx := context.Background()
 	if err := primary.Exec(ctx, "CREATE TABLE filler(id int, pad text)"); err != nil {

@@ -66,10 +66,7 @@ func TestStandbysThroughRelay(t *testing.T) {
 		standbys = append(standbys, newStandby(t, primary, fmt.Sprintf("standby%d", i), relay.Conninfo()))
 	}
 	// Every standby is connected to the relay, not the primary.
-	waitFor(t, 30*time.Second, "3 standbys streaming from the relay", func() (bool, error) {
-		n, err := streamingChildren(t, relay)
-		return n == 3, err
-	})
+	waitStreaming(t, relay, 3, 30*time.Second)
 	if err := primary.Pgbench(ctx, 4, 20*time.Second); err != nil {
 		t.Fatal(err)
 	}
@@ -79,17 +76,19 @@ func TestStandbysThroughRelay(t *testing.T) {
 	}
 }
 
-// streamingChildren counts the relay's children in state streaming.
-func streamingChildren(t testing.TB, r *relayProc) (int, error) {
-	st := r.Status(t)
-	ds, _ := st["downstreams"].([]any)
-	n := 0
-	for _, d := range ds {
-		if m, ok := d.(map[string]any); ok && m["state"] == "streaming" {
-			n++
+// waitStreaming waits until n children stream from the relay.
+func waitStreaming(t testing.TB, r *relayProc, n int, timeout time.Duration) {
+	t.Helper()
+	waitFor(t, timeout, fmt.Sprintf("%d children streaming from relay %s", n, r.ID), func() (bool, error) {
+		ds, _ := r.Status(t)["downstreams"].([]any)
+		got := 0
+		for _, d := range ds {
+			if m, ok := d.(map[string]any); ok && m["state"] == "streaming" {
+				got++
+			}
 		}
-	}
-	return n, nil
+		return got == n, nil
+	})
 }
 
 func primaryWalsenders(t *testing.T, c *pgcluster.Cluster) int {
