@@ -31,11 +31,8 @@ import (
 //	go test -run '^$' -bench RelayHop -benchtime 1x ./e2e/
 func BenchmarkRelayHop(b *testing.B) {
 	requirePG(b)
-	primary := newPrimary(b, "primary", nil)
+	primary := newPgbenchPrimary(b, 5)
 	ctx := context.Background()
-	if err := primary.PgbenchInit(ctx, 5); err != nil {
-		b.Fatal(err)
-	}
 	if err := primary.Exec(ctx, "CREATE TABLE probe(t timestamptz)"); err != nil {
 		b.Fatal(err)
 	}

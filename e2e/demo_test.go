@@ -27,3 +27,19 @@ func TestDemo(t *testing.T) {
 		}
 	}
 }
+
+// Without PostgreSQL the demo says what to install and fails.
+func TestDemoExplainsMissingPostgreSQL(t *testing.T) {
+	if relayBuildErr != nil {
+		t.Fatal(relayBuildErr)
+	}
+	cmd := exec.Command(relayBin, "demo")
+	cmd.Env = append(cmd.Environ(), "WALRELAY_PG_BIN="+t.TempDir())
+	out, err := cmd.CombinedOutput()
+	if err == nil {
+		t.Fatalf("demo succeeded without PostgreSQL:\n%s", out)
+	}
+	if !strings.Contains(string(out), "apt-get install -y postgresql") {
+		t.Errorf("demo output does not say what to install:\n%s", out)
+	}
+}

@@ -21,11 +21,8 @@ import (
 // identical to the primary's.
 func TestRelayKilledAndRestarted(t *testing.T) {
 	requirePG(t)
-	primary := newPrimary(t, "primary", nil)
+	primary := newPgbenchPrimary(t, 2)
 	ctx := context.Background()
-	if err := primary.PgbenchInit(ctx, 2); err != nil {
-		t.Fatal(err)
-	}
 	relay := startRelay(t, "r1", primary.ReplicationConnString())
 	s1 := newStandby(t, primary, "standby1", relay.Conninfo())
 	s2 := newStandby(t, primary, "standby2", relay.Conninfo())
@@ -58,11 +55,8 @@ func TestRelayKilledAndRestarted(t *testing.T) {
 // streaming.
 func TestBadInputDoesNotDisturbStandby(t *testing.T) {
 	requirePG(t)
-	primary := newPrimary(t, "primary", nil)
+	primary := newPgbenchPrimary(t, 1)
 	ctx := context.Background()
-	if err := primary.PgbenchInit(ctx, 1); err != nil {
-		t.Fatal(err)
-	}
 	authFile := filepath.Join(t.TempDir(), "users")
 	if err := os.WriteFile(authFile, []byte("# relay users\nreplicator:s3cret\n"), 0o600); err != nil {
 		t.Fatal(err)

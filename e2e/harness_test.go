@@ -27,7 +27,7 @@ func requirePG(t testing.TB) string {
 		if os.Getenv("WALRELAY_REQUIRE_PG") == "1" {
 			t.Fatalf("WALRELAY_REQUIRE_PG=1: %v", err)
 		}
-		t.Skipf("PostgreSQL not available: %v", err)
+		t.Skipf("PostgreSQL not available (WALRELAY_REQUIRE_PG=1 makes this a failure): %v", err)
 	}
 	if testing.Short() {
 		t.Skip("e2e tests need real PostgreSQL: skipped with -short")
@@ -45,6 +45,18 @@ func newPrimary(t testing.TB, name string, conf map[string]string) *pgcluster.Cl
 		t.Fatal(err)
 	}
 	startCluster(t, c)
+	return c
+}
+
+// newPgbenchPrimary starts a primary holding pgbench tables of scale.
+func newPgbenchPrimary(t testing.TB, scale int) *pgcluster.Cluster {
+	t.Helper()
+	c := newPrimary(t, "primary", nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if err := c.PgbenchInit(ctx, scale); err != nil {
+		t.Fatal(err)
+	}
 	return c
 }
 

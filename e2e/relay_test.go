@@ -55,11 +55,8 @@ func fmtLSN(l uint64) string { return fmt.Sprintf("%X/%X", uint32(l>>32), uint32
 // reaches the primary's final LSN with identical table contents.
 func TestStandbysThroughRelay(t *testing.T) {
 	requirePG(t)
-	primary := newPrimary(t, "primary", nil)
+	primary := newPgbenchPrimary(t, 2)
 	ctx := context.Background()
-	if err := primary.PgbenchInit(ctx, 2); err != nil {
-		t.Fatal(err)
-	}
 	relay := startRelay(t, "r1", primary.ReplicationConnString())
 	var standbys []*pgcluster.Cluster
 	for i := 1; i <= 3; i++ {
@@ -109,11 +106,8 @@ func primaryWalsenders(t *testing.T, c *pgcluster.Cluster) int {
 // from the primary.
 func TestReceiveWALByteIdentical(t *testing.T) {
 	bin := requirePG(t)
-	primary := newPrimary(t, "primary", nil)
+	primary := newPgbenchPrimary(t, 1)
 	ctx := context.Background()
-	if err := primary.PgbenchInit(ctx, 1); err != nil {
-		t.Fatal(err)
-	}
 	relay := startRelay(t, "r1", primary.ReplicationConnString())
 	base := t.TempDir()
 	direct, err := pgcluster.ReceiveWAL(ctx, bin, base, "direct", "127.0.0.1", primary.Port)

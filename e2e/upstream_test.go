@@ -13,11 +13,8 @@ import (
 // primary through a restart, and exposes Prometheus metrics.
 func TestRelaySlotReconnectAndMetrics(t *testing.T) {
 	requirePG(t)
-	primary := newPrimary(t, "primary", nil)
+	primary := newPgbenchPrimary(t, 1)
 	ctx := context.Background()
-	if err := primary.PgbenchInit(ctx, 1); err != nil {
-		t.Fatal(err)
-	}
 	relay := startRelay(t, "r-1", primary.ReplicationConnString())
 	standby := newStandby(t, primary, "standby1", relay.Conninfo())
 	waitFor(t, 30*time.Second, "slot walrelay_r_1 active on the primary", func() (bool, error) {
