@@ -64,12 +64,18 @@ func newPgbenchPrimary(t testing.TB, scale int) *pgcluster.Cluster {
 // primaryConninfo, stopped at cleanup.
 func newStandby(t testing.TB, src *pgcluster.Cluster, name, primaryConninfo string) *pgcluster.Cluster {
 	t.Helper()
+	return newStandbyWith(t, src, name, primaryConninfo, nil)
+}
+
+// newStandbyWith is newStandby with extra postgresql.conf settings.
+func newStandbyWith(t testing.TB, src *pgcluster.Cluster, name, primaryConninfo string, conf map[string]string) *pgcluster.Cluster {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	if !strings.Contains(primaryConninfo, "application_name") {
 		primaryConninfo += " application_name=" + name
 	}
-	c, err := pgcluster.BaseBackup(ctx, src, primaryConninfo, pgcluster.Options{BaseDir: clusterBase(t), Name: name})
+	c, err := pgcluster.BaseBackup(ctx, src, primaryConninfo, pgcluster.Options{BaseDir: clusterBase(t), Name: name, Conf: conf})
 	if err != nil {
 		t.Fatal(err)
 	}

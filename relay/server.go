@@ -55,6 +55,9 @@ type Config struct {
 	Upstream UpstreamProgress
 	// Credentials: nil or empty trusts loopback clients only.
 	Credentials *Credentials
+	// FeedbackFrom selects the children whose hot standby feedback is
+	// forwarded upstream (zero value: none; see ParseFeedbackPolicy).
+	FeedbackFrom FeedbackPolicy
 	// SlotDir holds the relay-local replication slots.
 	SlotDir string
 	// SenderTimeout is wal_sender_timeout: a client silent this long is

@@ -274,3 +274,31 @@ func waitFor(t testing.TB, cond func() bool) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+func TestFeedbackAggregation(t *testing.T) {
+	f := newFixture(t, 3*testSeg)
+	f.appendWAL(t, 100)
+	f.srv.cfg.FeedbackFrom = ParseFeedbackPolicy("web1,web2")
+	send := func(app string, xmin, epoch uint32) {
+		c := startStream(t, f.connect(t, "application_name="+app), "START_REPLICATION 0/300000 TIMELINE 1")
+		b := walstream.AppendHotStandbyFeedback(nil, walstream.HotStandbyFeedback{Xmin: xmin, XminEpoch: epoch})
+		c.fe.Send(&pgproto3.CopyData{Data: b})
+		c.fe.Flush()
+	}
+	if _, ok := f.srv.Feedback(); ok {
+		t.Fatal("feedback without children")
+	}
+	send("web1", 900, 1)
+	send("web2", 4000000000, 0) // older: epoch 0
+	send("analytics", 5, 0)      // oldest, but not in the policy
+	waitFor(t, func() bool {
+		fb, ok := f.srv.Feedback()
+		return ok && fb.Xmin == 4000000000 && fb.XminEpoch == 0
+	})
+	f.srv.cfg.FeedbackFrom = ParseFeedbackPolicy("none")
+	if fb, ok := f.srv.Feedback(); ok {
+		t.Errorf("policy none forwarded %+v", fb)
+	}
+	f.srv.cfg.FeedbackFrom = ParseFeedbackPolicy("all")
+	waitFor(t, func() bool { fb, _ := f.srv.Feedback(); return fb.Xmin == 5 })
+}

@@ -36,6 +36,7 @@ type SessionStatus struct {
 	Xmin             uint32    `json:"xmin,omitempty"`
 	XminEpoch        uint32    `json:"xmin_epoch,omitempty"`
 	CatalogXmin      uint32    `json:"catalog_xmin,omitempty"`
+	CatalogXminEpoch uint32    `json:"catalog_xmin_epoch,omitempty"`
 	ConnectedAt      time.Time `json:"connected_at"`
 	LastReplyAt      time.Time `json:"last_reply_at,omitzero"`
 	pinFrom          walstream.LSN
@@ -402,7 +403,8 @@ func (s *session) handleStandbyMessage(data []byte, now time.Time, lag *lagTrack
 			return fatalf("08P01", "%v", err)
 		}
 		s.mu.Lock()
-		s.info.Xmin, s.info.XminEpoch, s.info.CatalogXmin = h.Xmin, h.XminEpoch, h.CatalogXmin
+		s.info.Xmin, s.info.XminEpoch = h.Xmin, h.XminEpoch
+		s.info.CatalogXmin, s.info.CatalogXminEpoch = h.CatalogXmin, h.CatalogXminEpoch
 		s.mu.Unlock()
 	default:
 		return fatalf("08P01", "unexpected message type \"%c\"", data[0])

@@ -32,6 +32,9 @@ type UpstreamConfig struct {
 	Timeout time.Duration
 	// MinBackoff and MaxBackoff bound the reconnect delay. Default 100 ms, 5 s.
 	MinBackoff, MaxBackoff time.Duration
+	// Feedback, if set, supplies the hot standby feedback to forward to the
+	// parent (the oldest xmin the children's queries need).
+	Feedback FeedbackSource
 	// StartupParams are sent in the startup packet besides replication and
 	// application_name.
 	StartupParams map[string]string
@@ -66,6 +69,13 @@ func (c *UpstreamConfig) Validate() error {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
 	return nil
+}
+
+// FeedbackSource reports the hot standby feedback to send upstream; ok is
+// false when no child asks to hold back vacuum. It must be cheap and safe
+// for concurrent use.
+type FeedbackSource interface {
+	Feedback() (fb HotStandbyFeedback, ok bool)
 }
 
 // UpstreamState is the client's connection state, as shown in /status.
@@ -303,13 +313,35 @@ func (u *Upstream) handshake(ctx context.Context, conn *pgconn.PgConn, log *slog
 // more input is buffered. One goroutine reads and writes the connection.
 func (u *Upstream) copyLoop(ctx context.Context, cc *copyConn, tli TimeLineID) error {
 	var status []byte
+	var lastFeedback HotStandbyFeedback // what the parent holds for us; zero = none
+	feedbackSent := false               // a slot keeps xmin across connections: always send once
 	sendStatus := func() error {
 		_, durable := u.store.DurableEnd()
+		now := PGTime(time.Now())
 		status = AppendStandbyStatus(status[:0], StandbyStatus{
-			Write: durable, Flush: durable, Apply: durable, SendTime: PGTime(time.Now()),
+			Write: durable, Flush: durable, Apply: durable, SendTime: now,
 		})
 		if err := cc.send('d', status); err != nil {
 			return fmt.Errorf("send standby status: %w", err)
+		}
+		if u.cfg.Feedback == nil {
+			return nil
+		}
+		// Like a walreceiver: send feedback when it changes, and an
+		// all-zero message to release what the parent holds once no child
+		// needs it.
+		fb, ok := u.cfg.Feedback.Feedback()
+		if !ok {
+			fb = HotStandbyFeedback{}
+		}
+		fb.SendTime = 0
+		if feedbackSent && fb == lastFeedback {
+			return nil
+		}
+		lastFeedback, feedbackSent = fb, true
+		fb.SendTime = now
+		if err := cc.send('d', AppendHotStandbyFeedback(status[:0], fb)); err != nil {
+			return fmt.Errorf("send hot standby feedback: %w", err)
 		}
 		return nil
 	}

@@ -38,6 +38,7 @@ type relayFlags struct {
 	logFormat     string
 	senderTimeout time.Duration
 	retainSize    string
+	feedbackFrom  string
 }
 
 func newRelayCmd() *cobra.Command {
@@ -75,6 +76,7 @@ through a physical replication slot walrelay_<node-id>, stores it durably in
 	fl.StringVar(&f.logFormat, "log-format", "text", "text or json")
 	fl.DurationVar(&f.senderTimeout, "sender-timeout", 60*time.Second, "disconnect children silent this long (wal_sender_timeout)")
 	fl.StringVar(&f.retainSize, "retain-size", "1GB", "WAL kept beyond what slots and connected children need")
+	fl.StringVar(&f.feedbackFrom, "feedback-from", "all", "whose hot standby feedback is forwarded upstream: all, none, or application_names (a,b)")
 	cmd.MarkFlagRequired("node-id")
 	cmd.MarkFlagRequired("upstream")
 	cmd.MarkFlagRequired("data-dir")
@@ -126,15 +128,27 @@ func runRelay(ctx context.Context, f relayFlags, log *slog.Logger) error {
 // relayNode is one relay's parts wired together: store, upstream client,
 // server, HTTP endpoints and retention.
 type relayNode struct {
-	f       relayFlags
-	log     *slog.Logger
-	retain  uint64
-	store   *walstream.Store
-	up      *walstream.Upstream
-	srv     *relay.Server
-	ln      net.Listener
-	httpLn  net.Listener
-	httpSrv *http.Server
+	f        relayFlags
+	log      *slog.Logger
+	retain   uint64
+	store    *walstream.Store
+	up       *walstream.Upstream
+	srv      *relay.Server
+	ln       net.Listener
+	httpLn   net.Listener
+	httpSrv  *http.Server
+	feedback lateFeedback
+}
+
+// lateFeedback breaks the construction cycle: the upstream client is built
+// before the server whose children supply the feedback.
+type lateFeedback struct{ srv *relay.Server }
+
+func (l *lateFeedback) Feedback() (walstream.HotStandbyFeedback, bool) {
+	if l.srv == nil {
+		return walstream.HotStandbyFeedback{}, false
+	}
+	return l.srv.Feedback()
 }
 
 // newRelayNode opens the store and binds the listeners; Run serves.
@@ -165,6 +179,7 @@ func newRelayNode(f relayFlags, log *slog.Logger) (_ *relayNode, err error) {
 		ConnString: f.upstream,
 		NodeID:     f.nodeID,
 		Slot:       slot,
+		Feedback:   &n.feedback,
 		Logger:     log,
 		Registerer: reg,
 	}, n.store)
@@ -184,12 +199,14 @@ func newRelayNode(f relayFlags, log *slog.Logger) (_ *relayNode, err error) {
 		Credentials:   creds,
 		SlotDir:       filepath.Join(f.dataDir, "slots"),
 		SenderTimeout: f.senderTimeout,
+		FeedbackFrom:  relay.ParseFeedbackPolicy(f.feedbackFrom),
 		Logger:        log,
 		Registerer:    reg,
 	})
 	if err != nil {
 		return nil, err
 	}
+	n.feedback.srv = n.srv
 	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "walrelay_durable_lsn_bytes", Help: "Durable end of the relay's WAL, as a byte position.",
 	}, func() float64 { _, end := n.store.DurableEnd(); return float64(end) }))
