@@ -290,7 +290,7 @@ func TestFeedbackAggregation(t *testing.T) {
 	}
 	send("web1", 900, 1)
 	send("web2", 4000000000, 0) // older: epoch 0
-	send("analytics", 5, 0)      // oldest, but not in the policy
+	send("analytics", 5, 0)     // oldest, but not in the policy
 	waitFor(t, func() bool {
 		fb, ok := f.srv.Feedback()
 		return ok && fb.Xmin == 4000000000 && fb.XminEpoch == 0
