@@ -8,24 +8,26 @@ import (
 	"github.com/walrelay/walrelay/internal/pgcluster"
 )
 
-// Relays chain: primary -> relay A -> relay B -> standbys. The standbys
-// converge, and pg_receivewal at the end of the chain gets segments
-// byte-identical to pg_receivewal straight from the primary.
+// Relays chain: primary -> relay A -> relay B -> relay C -> 2 standbys, the
+// relay-to-relay links zstd-compressed. Under pgbench the standbys converge,
+// and pg_receivewal at the end of the chain gets segments byte-identical to
+// pg_receivewal straight from the primary.
 func TestRelayChain(t *testing.T) {
 	bin := requirePG(t)
 	primary := newPgbenchPrimary(t, 2)
 	ctx := context.Background()
 	a := startRelay(t, "a", primary.ReplicationConnString())
 	b := startRelay(t, "b", a.Conninfo())
-	s1 := newStandby(t, primary, "standby1", b.Conninfo())
-	s2 := newStandby(t, primary, "standby2", a.Conninfo())
-	waitStreaming(t, b, 1, 30*time.Second)
+	c := startRelay(t, "c", b.Conninfo())
+	s1 := newStandby(t, primary, "standby1", c.Conninfo())
+	s2 := newStandby(t, primary, "standby2", c.Conninfo())
+	waitStreaming(t, c, 2, 30*time.Second)
 	base := t.TempDir()
 	direct, err := pgcluster.ReceiveWAL(ctx, bin, base, "direct", "127.0.0.1", primary.Port)
 	if err != nil {
 		t.Fatal(err)
 	}
-	chained, err := pgcluster.ReceiveWAL(ctx, bin, base, "chained", "127.0.0.1", b.Port())
+	chained, err := pgcluster.ReceiveWAL(ctx, bin, base, "chained", "127.0.0.1", c.Port())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -37,8 +39,8 @@ func TestRelayChain(t *testing.T) {
 	}
 	assertConverged(t, primary, s1, s2)
 	target, _ := primary.CurrentLSN(ctx)
-	waitFor(t, 30*time.Second, "relay b durable at the primary's LSN", func() (bool, error) {
-		return relayDurable(t, b) >= target, nil
+	waitFor(t, 30*time.Second, "relay c durable at the primary's LSN", func() (bool, error) {
+		return relayDurable(t, c) >= target, nil
 	})
 	time.Sleep(time.Second)
 	direct.Stop()
@@ -47,7 +49,9 @@ func TestRelayChain(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("%d segments byte-identical through two relays", n)
+	t.Logf("%d segments byte-identical through three relays", n)
+	checkCompression(t, a, b)
+	checkCompression(t, b, c)
 	// Relay B streams from A through a slot on A, and A's /status shows it.
 	slots, _ := a.Status(t)["slots"].([]any)
 	found := false
@@ -58,5 +62,36 @@ func TestRelayChain(t *testing.T) {
 	}
 	if !found {
 		t.Errorf("relay a has no active slot walrelay_b: %v", slots)
+	}
+	if up, _ := a.Status(t)["upstream"].(map[string]any); up["compression"] != nil {
+		t.Errorf("link primary -> a compressed: %v", up["compression"])
+	}
+}
+
+// checkCompression: the link from relay a to its child relay b is
+// compressed to under a third of the WAL it carries; a's other children
+// (PostgreSQL clients) get plain WAL.
+func checkCompression(t *testing.T, a, b *relayProc) {
+	t.Helper()
+	bUp, _ := b.Status(t)["upstream"].(map[string]any)
+	raw, _ := bUp["received_bytes"].(float64)
+	wire, _ := bUp["received_wire_bytes"].(float64)
+	if bUp["compression"] != "zstd" || raw == 0 {
+		t.Fatalf("link %s -> %s: %v", a.ID, b.ID, bUp)
+	}
+	t.Logf("link %s -> %s: %.0f bytes of WAL in %.0f bytes on the wire (%.1fx)", a.ID, b.ID, raw, wire, raw/wire)
+	if wire*3 > raw {
+		t.Errorf("compressed link carries %.0f bytes for %.0f of WAL: more than a third", wire, raw)
+	}
+	ds, _ := a.Status(t)["downstreams"].([]any)
+	for _, d := range ds {
+		m, _ := d.(map[string]any)
+		want := any(nil)
+		if m["application_name"] == b.ID {
+			want = "zstd"
+		}
+		if m["state"] == "streaming" && m["compression"] != want {
+			t.Errorf("%s's child %v: compression %v, want %v", a.ID, m["application_name"], m["compression"], want)
+		}
 	}
 }

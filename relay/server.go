@@ -281,9 +281,10 @@ func (s *Server) OldestNeeded() (walstream.LSN, bool) {
 }
 
 type serverMetrics struct {
-	connections prometheus.Gauge
-	sentBytes   prometheus.Counter
-	sessions    *prometheus.CounterVec
+	connections   prometheus.Gauge
+	sentBytes     prometheus.Counter
+	sentWireBytes prometheus.Counter
+	sessions      *prometheus.CounterVec
 }
 
 func newServerMetrics(reg prometheus.Registerer) *serverMetrics {
@@ -294,12 +295,15 @@ func newServerMetrics(reg prometheus.Registerer) *serverMetrics {
 		sentBytes: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "walrelay_downstream_sent_bytes_total", Help: "WAL bytes sent to downstream clients.",
 		}),
+		sentWireBytes: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "walrelay_downstream_sent_wire_bytes_total", Help: "Bytes written to downstream clients for WAL, after compression, with framing.",
+		}),
 		sessions: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "walrelay_downstream_sessions_total", Help: "Downstream connections by how they ended.",
 		}, []string{"result"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.connections, m.sentBytes, m.sessions)
+		reg.MustRegister(m.connections, m.sentBytes, m.sentWireBytes, m.sessions)
 	}
 	return m
 }

@@ -32,6 +32,8 @@ type session struct {
 	pid  int32
 	log  *slog.Logger
 
+	compress bool // the client asked for a zstd link and was told yes
+
 	mu       sync.Mutex
 	info     SessionStatus
 	started  bool // startup completed
@@ -127,7 +129,12 @@ func (s *session) startup() error {
 		return err
 	}
 	app := sm.Parameters["application_name"]
+	// Only another relay asks for this; PostgreSQL clients never see it.
+	s.compress = sm.Parameters[walstream.CompressionParam] == walstream.CompressionZstd
 	s.mu.Lock()
+	if s.compress {
+		s.info.Compression = walstream.CompressionZstd
+	}
 	s.info.User, s.info.ApplicationName, s.info.State = user, app, "idle"
 	s.started = true
 	s.mu.Unlock()
@@ -135,6 +142,9 @@ func (s *session) startup() error {
 
 	for _, p := range s.parameterStatus(id, app, user) {
 		s.be.Send(&pgproto3.ParameterStatus{Name: p[0], Value: p[1]})
+	}
+	if s.compress {
+		s.be.Send(&pgproto3.ParameterStatus{Name: walstream.CompressionParam, Value: walstream.CompressionZstd})
 	}
 	var secret [4]byte
 	rand.Read(secret[:])

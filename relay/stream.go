@@ -39,7 +39,12 @@ type SessionStatus struct {
 	CatalogXminEpoch uint32    `json:"catalog_xmin_epoch,omitempty"`
 	ConnectedAt      time.Time `json:"connected_at"`
 	LastReplyAt      time.Time `json:"last_reply_at,omitzero"`
-	pinFrom          walstream.LSN
+	// Compression is "zstd" on a compressed link. SentBytes counts WAL
+	// sent, SentWireBytes what it took on the wire with protocol framing.
+	Compression   string `json:"compression,omitempty"`
+	SentBytes     uint64 `json:"sent_bytes"`
+	SentWireBytes uint64 `json:"sent_wire_bytes"`
+	pinFrom       walstream.LSN
 }
 
 // errCopyDone reports that the client ended COPY mode.
@@ -149,6 +154,14 @@ func (s *session) stream(tli walstream.TimeLineID, start walstream.LSN, slot str
 	// Messages sent through be (keepalives) are flushed at once, so these
 	// direct writes never overtake buffered ones.
 	ww := newWALWriter()
+	if s.compress {
+		enc, err := walstream.NewLinkEncoder()
+		if err != nil {
+			return err
+		}
+		defer enc.Close()
+		ww.enc = enc
+	}
 	pos := start
 	pinged := false
 	stopping := s.srv.stopStreams
@@ -212,6 +225,9 @@ type walWriter struct {
 	hdrs    []byte // CopyData + XLogData headers, one per message
 	scratch []byte // disk reads land here
 	iov     [][]byte
+	// On a compressed link, whole 'z' messages are built in zout.
+	enc  *walstream.LinkEncoder
+	zout []byte
 }
 
 const (
@@ -252,6 +268,14 @@ func (s *session) sendWAL(w *walWriter, tli walstream.TimeLineID, pos, end walst
 		if len(data) == 0 {
 			break
 		}
+		if w.enc != nil {
+			if err := w.appendCompressed(pos, end, now, data); err != nil {
+				return pos, err
+			}
+			pos += walstream.LSN(len(data))
+			sent += len(data)
+			continue
+		}
 		if &data[0] == &scratch[0] {
 			used += len(data)
 		}
@@ -267,12 +291,40 @@ func (s *session) sendWAL(w *walWriter, tli walstream.TimeLineID, pos, end walst
 		return pos, nil
 	}
 	s.conn.SetWriteDeadline(time.Now().Add(s.srv.cfg.SenderTimeout))
-	bufs := net.Buffers(iov)
-	if _, err := bufs.WriteTo(s.conn); err != nil {
+	var wire int64
+	var err error
+	if w.enc != nil {
+		var n int
+		n, err = s.conn.Write(w.zout)
+		wire = int64(n)
+		w.zout = w.zout[:0]
+	} else {
+		bufs := net.Buffers(iov)
+		wire, err = bufs.WriteTo(s.conn)
+	}
+	if err != nil {
 		return pos, fmt.Errorf("send WAL at %s: %w", pos, err)
 	}
 	s.srv.m.sentBytes.Add(float64(sent))
+	s.srv.m.sentWireBytes.Add(float64(wire))
+	s.mu.Lock()
+	s.info.SentBytes += uint64(sent)
+	s.info.SentWireBytes += uint64(wire)
+	s.mu.Unlock()
 	return pos, nil
+}
+
+// appendCompressed adds one 'z' message for data to w.zout.
+func (w *walWriter) appendCompressed(pos, end walstream.LSN, now int64, data []byte) error {
+	comp, err := w.enc.Compress(data)
+	if err != nil {
+		return fmt.Errorf("compress WAL at %s: %w", pos, err)
+	}
+	w.zout = append(w.zout, 'd')
+	w.zout = binary.BigEndian.AppendUint32(w.zout, uint32(4+29+len(comp)))
+	w.zout = walstream.AppendCompressedHeader(w.zout, pos, end, now, len(data))
+	w.zout = append(w.zout, comp...)
+	return nil
 }
 
 func (s *session) sendKeepalive(walEnd walstream.LSN, replyRequested bool) error {

@@ -23,6 +23,7 @@ type copyConn struct {
 	nc   net.Conn
 	br   *bufio.Reader
 	wbuf []byte
+	dec  *LinkDecoder // set on a compressed link
 }
 
 // readBufSize holds the largest message a walsender sends (MaxSendSize plus

@@ -32,6 +32,9 @@ type UpstreamConfig struct {
 	Timeout time.Duration
 	// MinBackoff and MaxBackoff bound the reconnect delay. Default 100 ms, 5 s.
 	MinBackoff, MaxBackoff time.Duration
+	// Compression "zstd" asks the parent for a compressed link; a parent
+	// that is not a relay ignores it and sends plain WAL.
+	Compression string
 	// Feedback, if set, supplies the hot standby feedback to forward to the
 	// parent (the oldest xmin the children's queries need).
 	Feedback FeedbackSource
@@ -95,6 +98,12 @@ type UpstreamStatus struct {
 	State     UpstreamState `json:"state"`
 	Slot      string        `json:"slot,omitempty"`
 	LastError string        `json:"last_error,omitempty"`
+	// Compression is "zstd" while the parent sends compressed WAL.
+	// ReceivedBytes counts WAL received; ReceivedWireBytes what it took on
+	// the wire (message framing included), since the relay started.
+	Compression       string `json:"compression,omitempty"`
+	ReceivedBytes     uint64 `json:"received_bytes"`
+	ReceivedWireBytes uint64 `json:"received_wire_bytes"`
 	// ServerWALEnd is the parent's flush position as last reported by it.
 	ServerWALEnd LSN       `json:"-"`
 	Since        time.Time `json:"since"`
@@ -110,6 +119,8 @@ type Upstream struct {
 
 	serverEnd atomic.Uint64 // parent's reported flush position
 	lastFull  bool          // the last WAL message was MaxSendSize long (copyLoop only)
+	rawBytes  atomic.Uint64
+	wireBytes atomic.Uint64
 	mu        sync.Mutex
 	status    UpstreamStatus
 }
@@ -132,6 +143,7 @@ func (u *Upstream) Status() UpstreamStatus {
 	defer u.mu.Unlock()
 	st := u.status
 	st.ServerWALEnd = LSN(u.serverEnd.Load())
+	st.ReceivedBytes, st.ReceivedWireBytes = u.rawBytes.Load(), u.wireBytes.Load()
 	return st
 }
 
@@ -213,6 +225,9 @@ func (u *Upstream) stream(ctx context.Context, log *slog.Logger) error {
 	for k, v := range u.cfg.StartupParams {
 		pc.RuntimeParams[k] = v
 	}
+	if u.cfg.Compression == CompressionZstd {
+		pc.RuntimeParams[CompressionParam] = CompressionZstd
+	}
 	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	conn, err := pgconn.ConnectConfig(cctx, pc)
 	cancel()
@@ -239,10 +254,26 @@ func (u *Upstream) stream(ctx context.Context, log *slog.Logger) error {
 	stop := context.AfterFunc(ctx, func() { hc.Conn.SetDeadline(time.Unix(1, 0)) })
 	defer stop()
 	cc := newCopyConn(hc.Conn)
+	compressed := conn.ParameterStatus(CompressionParam) == CompressionZstd
+	u.mu.Lock()
+	u.status.Compression = ""
+	if compressed {
+		u.status.Compression = CompressionZstd
+	}
+	u.mu.Unlock()
+	if compressed {
+		dec, err := NewLinkDecoder()
+		if err != nil {
+			return err
+		}
+		defer dec.Close()
+		cc.dec = dec
+	}
 	if err := cc.startCopy(ctx, query); err != nil {
 		return fmt.Errorf("%s: %w", query, err)
 	}
-	log.Info("streaming from upstream", "timeline", tli, "start_lsn", start.String(), "slot", u.cfg.Slot)
+	log.Info("streaming from upstream", "timeline", tli, "start_lsn", start.String(), "slot", u.cfg.Slot,
+		"compression", compressed)
 	u.setState(UpstreamStreaming, nil)
 	return u.copyLoop(ctx, cc, tli)
 }
@@ -392,7 +423,7 @@ func (u *Upstream) copyLoop(ctx context.Context, cc *copyConn, tli TimeLineID) e
 		}
 		switch typ {
 		case 'd':
-			n, r, err := u.handleCopyData(tli, body)
+			n, r, err := u.handleCopyData(cc, tli, body)
 			if err != nil {
 				return err
 			}
@@ -435,23 +466,30 @@ func (u *Upstream) sync() error {
 // handleCopyData applies one CopyData payload: WAL is written to the store
 // from the read buffer; it returns the WAL bytes written and whether the
 // parent asked for a reply.
-func (u *Upstream) handleCopyData(tli TimeLineID, b []byte) (int, bool, error) {
+func (u *Upstream) handleCopyData(cc *copyConn, tli TimeLineID, b []byte) (int, bool, error) {
 	if len(b) == 0 {
 		return 0, false, errors.New("empty CopyData from upstream")
 	}
 	switch b[0] {
+	case MsgCompressedXLogData:
+		if cc.dec == nil {
+			return 0, false, errors.New("compressed WAL from an upstream that did not agree to compress")
+		}
+		z, err := ParseCompressedXLogData(b)
+		if err != nil {
+			return 0, false, err
+		}
+		data, err := cc.dec.Decompress(z.Payload, z.RawLen)
+		if err != nil {
+			return 0, false, fmt.Errorf("WAL at %s: %w", z.DataStart, err)
+		}
+		return u.writeWAL(tli, z.DataStart, z.WALEnd, data, len(b)+5)
 	case MsgXLogData:
 		x, err := ParseXLogData(b)
 		if err != nil {
 			return 0, false, err
 		}
-		u.noteServerEnd(x.WALEnd)
-		if err := u.store.Write(tli, x.DataStart, x.Data); err != nil {
-			return 0, false, &storeError{err}
-		}
-		u.lastFull = len(x.Data) == MaxSendSize
-		u.m.received.Add(float64(len(x.Data)))
-		return len(x.Data), false, nil
+		return u.writeWAL(tli, x.DataStart, x.WALEnd, x.Data, len(b)+5)
 	case MsgKeepalive:
 		k, err := ParseKeepalive(b)
 		if err != nil {
@@ -462,6 +500,21 @@ func (u *Upstream) handleCopyData(tli TimeLineID, b []byte) (int, bool, error) {
 	default:
 		return 0, false, fmt.Errorf("unexpected CopyData message type %q from upstream", b[0])
 	}
+}
+
+// writeWAL stores one message's WAL; wire is what the message took on the
+// wire.
+func (u *Upstream) writeWAL(tli TimeLineID, start, walEnd LSN, data []byte, wire int) (int, bool, error) {
+	u.noteServerEnd(walEnd)
+	if err := u.store.Write(tli, start, data); err != nil {
+		return 0, false, &storeError{err}
+	}
+	u.lastFull = len(data) == MaxSendSize
+	u.m.received.Add(float64(len(data)))
+	u.m.receivedWire.Add(float64(wire))
+	u.rawBytes.Add(uint64(len(data)))
+	u.wireBytes.Add(uint64(wire))
+	return len(data), false, nil
 }
 
 func (u *Upstream) noteServerEnd(end LSN) {
@@ -476,16 +529,20 @@ const (
 )
 
 type upstreamMetrics struct {
-	received   prometheus.Counter
-	reconnects prometheus.Counter
-	connected  prometheus.Gauge
-	fsync      prometheus.Histogram
+	received     prometheus.Counter
+	receivedWire prometheus.Counter
+	reconnects   prometheus.Counter
+	connected    prometheus.Gauge
+	fsync        prometheus.Histogram
 }
 
 func newUpstreamMetrics(reg prometheus.Registerer) *upstreamMetrics {
 	m := &upstreamMetrics{
 		received: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "walrelay_upstream_received_bytes_total", Help: "WAL bytes received from the parent.",
+		}),
+		receivedWire: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "walrelay_upstream_received_wire_bytes_total", Help: "Bytes received from the parent for WAL, compressed or not, with framing.",
 		}),
 		reconnects: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "walrelay_upstream_reconnects_total", Help: "Upstream streams that ended and were retried.",
@@ -499,7 +556,7 @@ func newUpstreamMetrics(reg prometheus.Registerer) *upstreamMetrics {
 		}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.received, m.reconnects, m.connected, m.fsync)
+		reg.MustRegister(m.received, m.receivedWire, m.reconnects, m.connected, m.fsync)
 	}
 	return m
 }

@@ -39,6 +39,7 @@ type relayFlags struct {
 	senderTimeout time.Duration
 	retainSize    string
 	feedbackFrom  string
+	compression   string
 }
 
 func newRelayCmd() *cobra.Command {
@@ -76,6 +77,7 @@ through a physical replication slot walrelay_<node-id>, stores it durably in
 	fl.StringVar(&f.logFormat, "log-format", "text", "text or json")
 	fl.DurationVar(&f.senderTimeout, "sender-timeout", 60*time.Second, "disconnect children silent this long (wal_sender_timeout)")
 	fl.StringVar(&f.retainSize, "retain-size", "1GB", "WAL kept beyond what slots and connected children need")
+	fl.StringVar(&f.compression, "compression", "zstd", "ask a parent that is a relay for a compressed link: zstd or off")
 	fl.StringVar(&f.feedbackFrom, "feedback-from", "all", "whose hot standby feedback is forwarded upstream: all, none, or application_names (a,b)")
 	cmd.MarkFlagRequired("node-id")
 	cmd.MarkFlagRequired("upstream")
@@ -168,6 +170,14 @@ func newRelayNode(f relayFlags, log *slog.Logger) (_ *relayNode, err error) {
 			n.close()
 		}
 	}()
+	var compression string
+	switch f.compression {
+	case "zstd":
+		compression = walstream.CompressionZstd
+	case "off", "":
+	default:
+		return nil, fmt.Errorf("--compression %q: want zstd or off", f.compression)
+	}
 	slot := f.slot
 	if slot == "" {
 		slot = slotName(f.nodeID)
@@ -176,12 +186,13 @@ func newRelayNode(f relayFlags, log *slog.Logger) (_ *relayNode, err error) {
 		slot = ""
 	}
 	n.up, err = walstream.NewUpstream(walstream.UpstreamConfig{
-		ConnString: f.upstream,
-		NodeID:     f.nodeID,
-		Slot:       slot,
-		Feedback:   &n.feedback,
-		Logger:     log,
-		Registerer: reg,
+		ConnString:  f.upstream,
+		NodeID:      f.nodeID,
+		Slot:        slot,
+		Compression: compression,
+		Feedback:    &n.feedback,
+		Logger:      log,
+		Registerer:  reg,
 	}, n.store)
 	if err != nil {
 		return nil, err
