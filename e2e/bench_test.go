@@ -363,3 +363,43 @@ func logMetrics(b *testing.B, r *relayProc, prefixes ...string) {
 		}
 	}
 }
+
+// BenchmarkLinkCompression compares bytes on the wire for the same pgbench
+// WAL on a zstd link and a plain link: relay A feeds relay B (zstd) and
+// relay C (--compression off) in one run.
+//
+//	go test -run '^$' -bench LinkCompression -benchtime 1x ./e2e/
+func BenchmarkLinkCompression(b *testing.B) {
+	requirePG(b)
+	primary := newPgbenchPrimary(b, 10)
+	ctx := context.Background()
+	// Start past the bulk load: measure the TPC-B run's WAL.
+	if err := primary.Exec(ctx, "CHECKPOINT; SELECT pg_switch_wal()"); err != nil {
+		b.Fatal(err)
+	}
+	a := startRelay(b, "a", primary.ReplicationConnString(), "--log-level", "info")
+	zst := startRelay(b, "zst", a.Conninfo(), "--log-level", "info")
+	plain := startRelay(b, "plain", a.Conninfo(), "--log-level", "info", "--compression", "off")
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if err := primary.Pgbench(ctx, 4, 10*time.Second); err != nil {
+			b.Fatal(err)
+		}
+		target, _ := primary.CurrentLSN(ctx)
+		for _, r := range []*relayProc{zst, plain} {
+			waitFor(b, time.Minute, "relay "+r.ID+" caught up", func() (bool, error) { return relayDurable(b, r) >= target, nil })
+		}
+		wire := func(r *relayProc) (float64, float64) {
+			up, _ := r.Status(b)["upstream"].(map[string]any)
+			raw, _ := up["received_bytes"].(float64)
+			w, _ := up["received_wire_bytes"].(float64)
+			return raw, w
+		}
+		zRaw, zWire := wire(zst)
+		pRaw, pWire := wire(plain)
+		b.ReportMetric(zWire/pWire, "wire-zstd/plain")
+		b.ReportMetric(zRaw/zWire, "compression-x")
+		b.Logf("pgbench WAL: plain link %.1f MB for %.1f MB of WAL, zstd link %.1f MB for %.1f MB: %.3f of the plain bytes (%.1fx)",
+			pWire/(1<<20), pRaw/(1<<20), zWire/(1<<20), zRaw/(1<<20), zWire/pWire, zRaw/zWire)
+	}
+}
