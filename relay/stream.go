@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"strconv"
 	"sync/atomic"
 	"time"
 
@@ -67,14 +68,14 @@ func (s *session) startReplication(cmd Command) error {
 	if reqTLI == 0 {
 		reqTLI = tli
 	}
+	start := cmd.StartLSN
 	if reqTLI != tli {
-		return errorf("XX000", "requested timeline %d is not in this server's history", reqTLI)
+		return s.startHistoric(cmd, reqTLI, tli)
 	}
 	s.be.Send(&pgproto3.CopyBothResponse{OverallFormat: 0})
 	if err := s.be.Flush(); err != nil {
 		return err
 	}
-	start := cmd.StartLSN
 	if start > durable {
 		var upstreamEnd walstream.LSN
 		if up := s.srv.cfg.Upstream; up != nil {
@@ -97,6 +98,94 @@ func (s *session) startReplication(cmd Command) error {
 		return s.copyError(errorf("58P01", "requested WAL segment %s has already been removed", seg))
 	}
 	return s.stream(tli, start, cmd.Slot)
+}
+
+// timelineEnd returns where timeline tli ended according to the history
+// of the current timeline cur, and the timeline that followed it.
+func (s *session) timelineEnd(tli, cur walstream.TimeLineID) (walstream.LSN, walstream.TimeLineID, error) {
+	content, ok := s.srv.cfg.Source.History(cur)
+	if !ok {
+		return 0, 0, errorf("XX000", "requested timeline %d is not in this server's history", tli)
+	}
+	hist, err := walstream.ParseHistory(content)
+	if err != nil {
+		return 0, 0, fmt.Errorf("history of timeline %d: %w", cur, err)
+	}
+	next, at, ok := walstream.NextTimeline(hist, cur, tli)
+	if !ok {
+		return 0, 0, errorf("XX000", "requested timeline %d is not in this server's history", tli)
+	}
+	return at, next, nil
+}
+
+// startHistoric serves START_REPLICATION on a timeline that is no longer
+// the relay's: WAL up to its switch point, then the end-of-timeline result.
+func (s *session) startHistoric(cmd Command, reqTLI, cur walstream.TimeLineID) error {
+	if reqTLI > cur {
+		return errorf("XX000", "requested timeline %d is not in this server's history", reqTLI)
+	}
+	switchPoint, next, err := s.timelineEnd(reqTLI, cur)
+	if err != nil {
+		return err
+	}
+	if cmd.StartLSN > switchPoint {
+		pe := errorf("XX000", "requested starting point %s on timeline %d is not in this server's history", cmd.StartLSN, reqTLI)
+		pe.Detail = fmt.Sprintf("This server's history forked from timeline %d at %s.", reqTLI, switchPoint)
+		return pe
+	}
+	if cmd.StartLSN == switchPoint {
+		// Nothing to stream: straight to the end-of-timeline result.
+		return s.sendTimelineEnd(next, switchPoint)
+	}
+	s.be.Send(&pgproto3.CopyBothResponse{OverallFormat: 0})
+	if err := s.be.Flush(); err != nil {
+		return err
+	}
+	return s.stream(reqTLI, cmd.StartLSN, cmd.Slot)
+}
+
+// sendTimelineEnd sends the result set a walsender sends after streaming a
+// historic timeline: the next timeline and where it starts.
+func (s *session) sendTimelineEnd(next walstream.TimeLineID, at walstream.LSN) error {
+	s.log.Info("timeline ended for client", "next_timeline", next, "switch_lsn", at.String())
+	s.be.Send(&pgproto3.RowDescription{Fields: []pgproto3.FieldDescription{
+		{Name: []byte("next_tli"), DataTypeOID: oidInt8, DataTypeSize: 8, TypeModifier: -1},
+		{Name: []byte("next_tli_startpos"), DataTypeOID: oidText, DataTypeSize: -1, TypeModifier: -1},
+	}})
+	s.be.Send(&pgproto3.DataRow{Values: [][]byte{[]byte(strconv.FormatUint(uint64(next), 10)), []byte(at.String())}})
+	s.be.Send(&pgproto3.CommandComplete{CommandTag: []byte("START_STREAMING")})
+	s.be.Send(&pgproto3.CommandComplete{CommandTag: []byte("START_REPLICATION")})
+	s.be.Send(&pgproto3.ReadyForQuery{TxStatus: 'I'})
+	return s.be.Flush()
+}
+
+// streamEnd is how far a stream on tli may go: the durable end while tli is
+// current, its switch point once it is historic.
+func (s *session) streamEnd(tli walstream.TimeLineID) (end walstream.LSN, next walstream.TimeLineID, historic bool, err error) {
+	cur, durable := s.srv.cfg.Source.DurableEnd()
+	if cur == tli {
+		return durable, 0, false, nil
+	}
+	at, next, err := s.timelineEnd(tli, cur)
+	return at, next, true, err
+}
+
+// endTimeline finishes a stream whose timeline became historic: CopyDone,
+// wait for the client's CopyDone, then the end-of-timeline result set.
+func (s *session) endTimeline(st *streamState, next walstream.TimeLineID, at walstream.LSN) (closeConn bool, err error) {
+	s.be.Send(&pgproto3.CopyDone{})
+	if err := s.be.Flush(); err != nil {
+		return true, err
+	}
+	select {
+	case err := <-st.recvDone:
+		if !errors.Is(err, errCopyDone) {
+			return true, err
+		}
+	case <-time.After(s.srv.cfg.SenderTimeout):
+		return true, errors.New("client did not end COPY after the end of its timeline")
+	}
+	return false, s.sendTimelineEnd(next, at)
 }
 
 // copyError sends an error that ends COPY mode, then ReadyForQuery.
@@ -167,7 +256,14 @@ func (s *session) stream(tli walstream.TimeLineID, start walstream.LSN, slot str
 	stopping := s.srv.stopStreams
 	for {
 		wake := src.Wait()
-		_, durable := src.DurableEnd()
+		durable, next, historic, err := s.streamEnd(tli)
+		if err != nil {
+			return err
+		}
+		if historic && pos >= durable {
+			closeConn, err = s.endTimeline(st, next, durable)
+			return err
+		}
 		if pos < durable {
 			var err error
 			if pos, err = s.sendWAL(ww, tli, pos, durable); err != nil {
@@ -258,7 +354,7 @@ func (s *session) sendWAL(w *walWriter, tli walstream.TimeLineID, pos, end walst
 			stop -= stop % walstream.PageSize
 		}
 		scratch := w.scratch[used : used+int(stop-pos)]
-		data, err := s.srv.cfg.Source.Read(tli, pos, scratch)
+		data, err := s.readWAL(tli, pos, scratch)
 		if err != nil {
 			if errors.Is(err, walstream.ErrWALRemoved) {
 				return pos, errorf("58P01", "%s", err.Error())
@@ -288,7 +384,8 @@ func (s *session) sendWAL(w *walWriter, tli walstream.TimeLineID, pos, end walst
 		sent += len(data)
 	}
 	if sent == 0 {
-		return pos, nil
+		// pos < end, so the WAL should be there: do not spin.
+		return pos, errorf("58P01", "requested WAL at %s on timeline %d is not available on this relay", pos, tli)
 	}
 	s.conn.SetWriteDeadline(time.Now().Add(s.srv.cfg.SenderTimeout))
 	var wire int64
@@ -312,6 +409,25 @@ func (s *session) sendWAL(w *walWriter, tli walstream.TimeLineID, pos, end walst
 	s.info.SentWireBytes += uint64(wire)
 	s.mu.Unlock()
 	return pos, nil
+}
+
+// readWAL reads WAL of timeline tli. Before a switch point a later
+// timeline's file holds the same bytes (PostgreSQL itself reads the switch
+// segment from the new timeline's file), so a relay that started after a
+// switch still serves the old timeline's tail.
+func (s *session) readWAL(tli walstream.TimeLineID, pos walstream.LSN, buf []byte) ([]byte, error) {
+	src := s.srv.cfg.Source
+	data, err := src.Read(tli, pos, buf)
+	if len(data) > 0 || (err != nil && !errors.Is(err, walstream.ErrWALRemoved)) {
+		return data, err
+	}
+	cur, _ := src.DurableEnd()
+	for t := tli + 1; t <= cur; t++ {
+		if d, e := src.Read(t, pos, buf); e == nil && len(d) > 0 {
+			return d, nil
+		}
+	}
+	return data, err
 }
 
 // appendCompressed adds one 'z' message for data to w.zout.

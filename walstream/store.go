@@ -191,16 +191,18 @@ func (s *Store) recover() error {
 			}
 		}
 	}
+	// Names sort by timeline, then segment: the last partial is the
+	// writer's; earlier ones end old timelines.
 	sort.Strings(partials)
 	for i, name := range partials {
 		if err := s.openPartial(name, i == len(partials)-1); err != nil {
 			return err
 		}
 	}
-	// Resume writing after the newest segment.
+	// Resume writing after the newest segment of the newest timeline.
 	var newest *segment
 	for _, seg := range s.segs {
-		if newest == nil || seg.key.no > newest.key.no || (seg.key.no == newest.key.no && seg.key.tli > newest.key.tli) {
+		if newest == nil || seg.key.tli > newest.key.tli || (seg.key.tli == newest.key.tli && seg.key.no > newest.key.no) {
 			newest = seg
 		}
 	}
@@ -287,7 +289,8 @@ func (s *Store) openPartial(name string, newest bool) error {
 		return s.completeSegment(seg)
 	}
 	if !newest {
-		return fmt.Errorf("store %s: segment %s is incomplete but not the newest", s.dir, name)
+		// The last segment of a timeline that was switched away from.
+		return nil
 	}
 	seg.mem = make([]byte, s.meta.SegmentSize)
 	copy(seg.mem, data[:valid])

@@ -168,3 +168,9 @@ func (s *Store) RemoveBefore(lsn LSN) (int, error) {
 	}
 	return removed, nil
 }
+
+func (s *Store) segmentSize() uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.meta.SegmentSize
+}

@@ -43,6 +43,34 @@ func (s *Store) StartAt(tli TimeLineID, lsn LSN) error {
 	return nil
 }
 
+// SwitchTimeline ends the current timeline at switchPoint and continues on
+// tli from the start of the segment holding switchPoint, in a new file
+// keyed by the new timeline (as PostgreSQL's walreceiver does). WAL the store
+// holds beyond switchPoint on the old timeline stays in the old timeline's
+// files and is never read as part of the new one.
+func (s *Store) SwitchTimeline(tli TimeLineID, switchPoint LSN) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if tli <= s.writeTLI {
+		return fmt.Errorf("switch to timeline %d: store is on timeline %d", tli, s.writeTLI)
+	}
+	if switchPoint > s.writeEnd {
+		return fmt.Errorf("switch to timeline %d at %s: store ends at %s on timeline %d", tli, switchPoint, s.writeEnd, s.writeTLI)
+	}
+	if w := s.writer; w != nil {
+		if err := w.f.Sync(); err != nil {
+			return fmt.Errorf("sync segment %s: %w", w.path, err)
+		}
+		w.durable.Store(w.size)
+		s.writer = nil
+	}
+	s.writeTLI, s.writeEnd = tli, switchPoint.SegmentStart(s.meta.SegmentSize)
+	s.durable.Store(uint64(s.writeEnd))
+	s.durableTLI.Store(uint32(tli))
+	s.notify.broadcast()
+	return nil
+}
+
 // Write appends WAL received from upstream at position lsn. Bytes before the
 // write end are checked against what the store holds (an upstream resending
 // them must agree); a gap is an error. The bytes become visible to readers

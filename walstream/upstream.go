@@ -183,26 +183,36 @@ func (u *Upstream) Run(ctx context.Context) error {
 			u.setState(UpstreamStopped, err)
 			return err
 		}
-		state := UpstreamBackoff
+		state, wait := UpstreamBackoff, backoff
 		var mismatch *IdentityMismatchError
-		if errors.As(err, &mismatch) {
+		var tlErr *TimelineError
+		switch {
+		case errors.Is(err, errTimelineEnded):
+			log.Info("upstream ended its timeline; reconnecting to follow the switch")
+			wait = 0
+		case errors.As(err, &mismatch):
 			state = UpstreamRefused
 			log.Error("refusing upstream: it is a different cluster", "err", err)
-		} else {
+		case errors.As(err, &tlErr):
+			state = UpstreamRefused
+			log.Error("refusing upstream: its timeline history does not contain this relay's", "err", err)
+		default:
 			log.Warn("upstream stream ended", "err", err, "retry_in", backoff)
 		}
 		u.setState(state, err)
 		u.m.reconnects.Inc()
 		if time.Since(started) > 30*time.Second {
-			backoff = u.cfg.MinBackoff
+			backoff, wait = u.cfg.MinBackoff, min(wait, u.cfg.MinBackoff)
 		}
 		select {
 		case <-ctx.Done():
 			u.setState(UpstreamStopped, nil)
 			return nil
-		case <-time.After(backoff):
+		case <-time.After(wait):
 		}
-		backoff = min(backoff*2, u.cfg.MaxBackoff)
+		if wait > 0 {
+			backoff = min(backoff*2, u.cfg.MaxBackoff)
+		}
 	}
 }
 
@@ -322,20 +332,69 @@ func (u *Upstream) handshake(ctx context.Context, conn *pgconn.PgConn, log *slog
 		}
 		log.Info("empty store: starting at the parent's current segment", "timeline", tli, "start_lsn", end.String())
 	}
-	if tli != serverTLI {
-		// Following a parent onto a new timeline is the relay tree's job
-		// (history fetch, switch point); until then do not stream WAL of
-		// one timeline into another's files.
-		return 0, 0, fmt.Errorf("parent is on timeline %d, store is on timeline %d: timeline switches are not supported yet", serverTLI, tli)
+	return u.followTimelines(ctx, conn, log, tli, end, serverTLI)
+}
+
+// TimelineError reports a parent whose timeline history does not contain
+// the relay's: following it would serve WAL of another history.
+type TimelineError struct{ msg string }
+
+func (e *TimelineError) Error() string { return e.msg }
+
+// errTimelineEnded: the parent ended the stream at a timeline switch; the
+// next handshake follows it.
+var errTimelineEnded = errors.New("upstream ended the timeline")
+
+// followTimelines brings the store onto the parent's timeline. It stores
+// every history file up to the parent's, and for each timeline the store
+// has finished it switches to the next; a timeline not yet received up to
+// its switch point is streamed first (the parent ends it there).
+func (u *Upstream) followTimelines(ctx context.Context, conn *pgconn.PgConn, log *slog.Logger, tli TimeLineID, end LSN, serverTLI TimeLineID) (TimeLineID, LSN, error) {
+	if tli > serverTLI {
+		return 0, 0, &TimelineError{fmt.Sprintf("parent is on timeline %d, behind this relay's timeline %d", serverTLI, tli)}
 	}
-	if tli > 1 {
-		h, err := pglogrepl.TimelineHistory(ctx, conn, int32(tli))
+	var history []HistoryEntry
+	for t := tli + 1; t <= serverTLI; t++ {
+		h, err := pglogrepl.TimelineHistory(ctx, conn, int32(t))
 		if err != nil {
-			return 0, 0, fmt.Errorf("TIMELINE_HISTORY %d: %w", tli, err)
+			return 0, 0, fmt.Errorf("TIMELINE_HISTORY %d: %w", t, err)
 		}
-		if err := u.store.WriteHistory(tli, h.Content); err != nil {
+		if err := u.store.WriteHistory(t, h.Content); err != nil {
 			return 0, 0, &storeError{err}
 		}
+		if t == serverTLI {
+			if history, err = ParseHistory(h.Content); err != nil {
+				return 0, 0, fmt.Errorf("parent's history of timeline %d: %w", t, err)
+			}
+		}
+	}
+	if tli > 1 && tli == serverTLI {
+		// Also keep the current timeline's history for our children.
+		if _, ok := u.store.History(tli); !ok {
+			h, err := pglogrepl.TimelineHistory(ctx, conn, int32(tli))
+			if err != nil {
+				return 0, 0, fmt.Errorf("TIMELINE_HISTORY %d: %w", tli, err)
+			}
+			if err := u.store.WriteHistory(tli, h.Content); err != nil {
+				return 0, 0, &storeError{err}
+			}
+		}
+	}
+	for tli < serverTLI {
+		next, switchPoint, ok := NextTimeline(history, serverTLI, tli)
+		if !ok {
+			return 0, 0, &TimelineError{fmt.Sprintf("timeline %d of this relay is not in the history of the parent's timeline %d", tli, serverTLI)}
+		}
+		if end < switchPoint {
+			log.Info("streaming the rest of an old timeline before switching", "timeline", tli, "start_lsn", end.String(), "switch_lsn", switchPoint.String())
+			return tli, end, nil
+		}
+		if err := u.store.SwitchTimeline(next, switchPoint); err != nil {
+			return 0, 0, &storeError{err}
+		}
+		log.Info("following timeline switch", "from_timeline", tli, "to_timeline", next, "switch_lsn", switchPoint.String(),
+			"held_beyond_switch", uint64(end-switchPoint))
+		tli, end = next, switchPoint.SegmentStart(u.store.segmentSize())
 	}
 	return tli, end, nil
 }
@@ -433,7 +492,7 @@ func (u *Upstream) copyLoop(ctx context.Context, cc *copyConn, tli TimeLineID) e
 			}
 			reply = reply || r
 		case 'c':
-			return errors.New("upstream ended the stream (end of timeline)")
+			return errTimelineEnded
 		case 'E':
 			var er pgproto3.ErrorResponse
 			if err := er.Decode(body); err != nil {
