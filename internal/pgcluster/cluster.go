@@ -391,3 +391,9 @@ func (c *Cluster) Connect(ctx context.Context) (*pgx.Conn, error) {
 	}
 	return conn, nil
 }
+
+// Promote ends recovery on a standby (pg_ctl promote) and waits until it
+// accepts writes.
+func (c *Cluster) Promote(ctx context.Context) error {
+	return c.run(ctx, "pg_ctl", "-D", c.DataDir, "-w", "-t", "60", "promote")
+}
