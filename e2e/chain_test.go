@@ -2,6 +2,10 @@ package e2e
 
 import (
 	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -94,4 +98,31 @@ func checkCompression(t *testing.T, a, b *relayProc) {
 			t.Errorf("%s's child %v: compression %v, want %v", a.ID, m["application_name"], m["compression"], want)
 		}
 	}
+}
+
+// pg_basebackup -h RELAY -R makes a standby that streams from the relay
+// without any edit: BASE_BACKUP passes through the relay chain to the
+// primary, the WAL part is served by the relay.
+func TestBaseBackupThroughRelay(t *testing.T) {
+	bin := requirePG(t)
+	primary := newPgbenchPrimary(t, 1)
+	ctx := context.Background()
+	a := startRelay(t, "a", primary.ReplicationConnString())
+	b := startRelay(t, "b", a.Conninfo())
+	load := make(chan error, 1)
+	go func() { load <- primary.Pgbench(ctx, 2, 6*time.Second) }()
+	sb, err := pgcluster.BaseBackupFrom(ctx, bin, "127.0.0.1", b.Port(), pgcluster.Options{BaseDir: clusterBase(t), Name: "fromrelay"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := <-load; err != nil {
+		t.Fatal(err)
+	}
+	auto, _ := os.ReadFile(filepath.Join(sb.DataDir, "postgresql.auto.conf"))
+	if !strings.Contains(string(auto), fmt.Sprintf("port=%d", b.Port())) {
+		t.Fatalf("pg_basebackup -R did not point primary_conninfo at the relay:\n%s", auto)
+	}
+	startCluster(t, sb)
+	assertConverged(t, primary, sb)
+	waitStreaming(t, b, 1, 30*time.Second)
 }

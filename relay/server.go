@@ -53,6 +53,9 @@ type Config struct {
 	// Upstream lets a client that asks for WAL a little ahead of the relay
 	// wait for it instead of getting an error. May be nil.
 	Upstream UpstreamProgress
+	// UpstreamConnString is the parent's connection string, used to pass
+	// BASE_BACKUP through; empty refuses BASE_BACKUP.
+	UpstreamConnString string
 	// Credentials: nil or empty trusts loopback clients only.
 	Credentials *Credentials
 	// FeedbackFrom selects the children whose hot standby feedback is

@@ -290,7 +290,7 @@ func (s *session) exec(cmd Command) error {
 		}
 		return s.startReplication(cmd)
 	case CmdBaseBackup:
-		return errorf("0A000", "BASE_BACKUP is not supported by walrelay: take the base backup from the primary or a standby (pg_basebackup -h PRIMARY), then point primary_conninfo at the relay")
+		return s.baseBackup(cmd)
 	default:
 		return errorf("0A000", "command not supported by walrelay: %s", cmd.Raw)
 	}

@@ -77,11 +77,9 @@ func (s *session) startReplication(cmd Command) error {
 		return err
 	}
 	if start > durable {
-		var upstreamEnd walstream.LSN
-		if up := s.srv.cfg.Upstream; up != nil {
-			upstreamEnd = up.ServerWALEnd()
-		}
-		if start > upstreamEnd {
+		upstreamEnd, ok := s.upstreamReaches(start)
+		if !ok {
+			_, durable = src.DurableEnd()
 			return s.copyError(errorf("XX000", "requested starting point %s is ahead of the WAL flush position of this server %s", start, durable))
 		}
 		// The WAL exists upstream and is on its way: hold the stream open
@@ -186,6 +184,37 @@ func (s *session) endTimeline(st *streamState, next walstream.TimeLineID, at wal
 		return true, errors.New("client did not end COPY after the end of its timeline")
 	}
 	return false, s.sendTimelineEnd(next, at)
+}
+
+// aheadGrace is how long a request ahead of both the relay and its parent's
+// last report may wait for them to catch up before it is refused. Positions
+// travel down a chain of relays in milliseconds; a client that learnt a
+// position from the primary (pg_basebackup's start point) can be quicker.
+const aheadGrace = 3 * time.Second
+
+// upstreamReaches reports whether WAL up to start exists upstream (or has
+// arrived here), waiting up to aheadGrace for the news.
+func (s *session) upstreamReaches(start walstream.LSN) (walstream.LSN, bool) {
+	src := s.srv.cfg.Source
+	deadline := time.Now().Add(aheadGrace)
+	for {
+		wake := src.Wait()
+		var upstreamEnd walstream.LSN
+		if up := s.srv.cfg.Upstream; up != nil {
+			upstreamEnd = up.ServerWALEnd()
+		}
+		_, durable := src.DurableEnd()
+		if start <= upstreamEnd || start <= durable {
+			return upstreamEnd, true
+		}
+		if s.srv.cfg.Upstream == nil || time.Now().After(deadline) {
+			return upstreamEnd, false
+		}
+		select {
+		case <-wake:
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
 }
 
 // copyError sends an error that ends COPY mode, then ReadyForQuery.

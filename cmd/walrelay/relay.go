@@ -204,15 +204,16 @@ func newRelayNode(f relayFlags, log *slog.Logger) (_ *relayNode, err error) {
 		}
 	}
 	n.srv, err = relay.NewServer(relay.Config{
-		NodeID:        f.nodeID,
-		Source:        n.store,
-		Upstream:      n.up,
-		Credentials:   creds,
-		SlotDir:       filepath.Join(f.dataDir, "slots"),
-		SenderTimeout: f.senderTimeout,
-		FeedbackFrom:  relay.ParseFeedbackPolicy(f.feedbackFrom),
-		Logger:        log,
-		Registerer:    reg,
+		NodeID:             f.nodeID,
+		Source:             n.store,
+		Upstream:           n.up,
+		Credentials:        creds,
+		SlotDir:            filepath.Join(f.dataDir, "slots"),
+		SenderTimeout:      f.senderTimeout,
+		UpstreamConnString: f.upstream,
+		FeedbackFrom:       relay.ParseFeedbackPolicy(f.feedbackFrom),
+		Logger:             log,
+		Registerer:         reg,
 	})
 	if err != nil {
 		return nil, err

@@ -202,6 +202,31 @@ func BaseBackup(ctx context.Context, src *Cluster, primaryConninfo string, opts 
 	return c, nil
 }
 
+// BaseBackupFrom runs `pg_basebackup -R -X stream` against any server
+// (a relay, say), so that primary_conninfo is what pg_basebackup writes: the
+// server it was taken from. Only the port is changed afterwards. It does not
+// start the server.
+func BaseBackupFrom(ctx context.Context, binDir, host string, port int, opts Options) (*Cluster, error) {
+	if opts.BinDir == "" {
+		opts.BinDir = binDir
+	}
+	if err := opts.fill(); err != nil {
+		return nil, err
+	}
+	c, err := newCluster(opts)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.run(ctx, "pg_basebackup", "-h", host, "-p", strconv.Itoa(port), "-U", "postgres",
+		"-D", c.DataDir, "-X", "stream", "-c", "fast", "-R", "--no-sync"); err != nil {
+		return nil, err
+	}
+	if err := c.SetConf(map[string]string{"port": strconv.Itoa(c.Port), "cluster_name": opts.Name}); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
 // SetConf appends settings to postgresql.auto.conf; later lines win.
 func (c *Cluster) SetConf(settings map[string]string) error {
 	keys := make([]string, 0, len(settings))
