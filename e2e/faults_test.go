@@ -97,7 +97,13 @@ func TestBadInputDoesNotDisturbStandby(t *testing.T) {
 	expectPgError(t, err, "0A000", "cannot execute SQL commands in WAL sender for physical replication")
 	_, err = conn.Exec(ctx, "IDENTIFY_SYSTEM extra").ReadAll()
 	expectPgError(t, err, "42601", "")
-	// A segment the relay does not hold (it started after 0/1000000).
+	// A segment neither the relay (it started after 0/1000000) nor the
+	// primary (checkpoints removed it) holds.
+	for i := 0; i < 2; i++ {
+		if err := primary.Exec(ctx, "SELECT pg_switch_wal(); CHECKPOINT"); err != nil {
+			t.Fatal(err)
+		}
+	}
 	startReplicationExpectError(t, conn, "START_REPLICATION 0/1000000 TIMELINE 1", "58P01",
 		"requested WAL segment 000000010000000000000001 has already been removed")
 	// A position far in the future.

@@ -46,6 +46,14 @@ type UpstreamProgress interface {
 	ServerWALEnd() walstream.LSN
 }
 
+// Backfiller fetches WAL older than the source holds from the relay's
+// parent into the source (read-through). Fetch blocks until the source
+// holds tli from from's segment on, or fails; an error matching
+// walstream.ErrWALRemoved means no ancestor has it.
+type Backfiller interface {
+	Fetch(ctx context.Context, tli walstream.TimeLineID, from walstream.LSN) error
+}
+
 // Config configures a Server.
 type Config struct {
 	NodeID string
@@ -53,6 +61,9 @@ type Config struct {
 	// Upstream lets a client that asks for WAL a little ahead of the relay
 	// wait for it instead of getting an error. May be nil.
 	Upstream UpstreamProgress
+	// Backfill, if set, serves requests for WAL older than the source holds
+	// by fetching it from upstream first.
+	Backfill Backfiller
 	// UpstreamConnString is the parent's connection string, used to pass
 	// BASE_BACKUP through; empty refuses BASE_BACKUP.
 	UpstreamConnString string

@@ -427,7 +427,7 @@ func (s *session) isStreaming() bool {
 func (s *session) pinned() (walstream.LSN, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.info.State != "streaming" {
+	if s.info.State != "streaming" && s.info.State != "backfill" {
 		return 0, false
 	}
 	p := s.info.pinFrom

@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -93,7 +94,15 @@ func (s *session) startReplication(cmd Command) error {
 	}
 	if start < heldFrom {
 		seg := walstream.SegmentFileName(tli, start.SegmentNo(id.SegmentSize), id.SegmentSize)
-		return s.copyError(errorf("58P01", "requested WAL segment %s has already been removed", seg))
+		removed := errorf("58P01", "requested WAL segment %s has already been removed", seg)
+		if s.srv.cfg.Backfill == nil {
+			return s.copyError(removed)
+		}
+		if err := s.backfill(tli, start, heldFrom); err != nil {
+			s.log.Warn("backfill failed", "start_lsn", start.String(), "err", err)
+			removed.Detail = fmt.Sprintf("The relay could not fetch it from its upstream: %v", err)
+			return s.copyError(removed)
+		}
 	}
 	return s.stream(tli, start, cmd.Slot)
 }
@@ -213,6 +222,37 @@ func (s *session) upstreamReaches(start walstream.LSN) (walstream.LSN, bool) {
 		select {
 		case <-wake:
 		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// backfill fetches [start, heldFrom) from upstream while the client waits
+// in COPY mode, kept alive with keepalives.
+func (s *session) backfill(tli walstream.TimeLineID, start, heldFrom walstream.LSN) error {
+	s.mu.Lock()
+	s.info.State, s.info.pinFrom = "backfill", start
+	s.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- s.srv.cfg.Backfill.Fetch(ctx, tli, start) }()
+	tick := time.NewTicker(max(time.Second, s.srv.cfg.SenderTimeout/4))
+	defer tick.Stop()
+	for {
+		select {
+		case err := <-done:
+			return err
+		case <-tick.C:
+			_, durable := s.srv.cfg.Source.DurableEnd()
+			if err := s.sendKeepalive(durable, false); err != nil {
+				cancel()
+				<-done
+				return err
+			}
+		case <-s.srv.stopStreams:
+			cancel()
+			<-done
+			return errors.New("relay shutting down")
 		}
 	}
 }

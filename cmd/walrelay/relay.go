@@ -211,6 +211,7 @@ func newRelayNode(f relayFlags, log *slog.Logger) (_ *relayNode, err error) {
 		SlotDir:            filepath.Join(f.dataDir, "slots"),
 		SenderTimeout:      f.senderTimeout,
 		UpstreamConnString: f.upstream,
+		Backfill:           &walstream.Backfiller{ConnString: f.upstream, NodeID: f.nodeID, Store: n.store, Logger: log},
 		FeedbackFrom:       relay.ParseFeedbackPolicy(f.feedbackFrom),
 		Logger:             log,
 		Registerer:         reg,
