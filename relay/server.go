@@ -295,10 +295,12 @@ func (s *Server) OldestNeeded() (walstream.LSN, bool) {
 }
 
 type serverMetrics struct {
-	connections   prometheus.Gauge
-	sentBytes     prometheus.Counter
-	sentWireBytes prometheus.Counter
-	sessions      *prometheus.CounterVec
+	connections      prometheus.Gauge
+	sentBytes        prometheus.Counter
+	sentWireBytes    prometheus.Counter
+	sessions         *prometheus.CounterVec
+	slotsInvalidated prometheus.Counter
+	storeBytes       prometheus.Gauge
 }
 
 func newServerMetrics(reg prometheus.Registerer) *serverMetrics {
@@ -312,12 +314,18 @@ func newServerMetrics(reg prometheus.Registerer) *serverMetrics {
 		sentWireBytes: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "walrelay_downstream_sent_wire_bytes_total", Help: "Bytes written to downstream clients for WAL, after compression, with framing.",
 		}),
+		slotsInvalidated: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "walrelay_slots_invalidated_total", Help: "Relay-local slots invalidated because their WAL exceeded --max-retained-size.",
+		}),
+		storeBytes: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "walrelay_store_bytes", Help: "Bytes of WAL segment files held by the relay.",
+		}),
 		sessions: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "walrelay_downstream_sessions_total", Help: "Downstream connections by how they ended.",
 		}, []string{"result"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.connections, m.sentBytes, m.sentWireBytes, m.sessions)
+		reg.MustRegister(m.connections, m.sentBytes, m.sentWireBytes, m.sessions, m.slotsInvalidated, m.storeBytes)
 	}
 	return m
 }

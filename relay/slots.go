@@ -22,12 +22,15 @@ import (
 
 // SlotStatus describes a slot for /status.
 type SlotStatus struct {
-	Name       string               `json:"name"`
-	Temporary  bool                 `json:"temporary"`
-	Active     bool                 `json:"active"`
-	ActivePID  int32                `json:"active_pid,omitempty"`
-	RestartLSN walstream.LSN        `json:"restart_lsn"`
-	RestartTLI walstream.TimeLineID `json:"restart_tli"`
+	// Invalidated: the WAL it needed was removed (--max-retained-size);
+	// it can no longer be streamed from.
+	Invalidated bool                 `json:"invalidated,omitempty"`
+	Name        string               `json:"name"`
+	Temporary   bool                 `json:"temporary"`
+	Active      bool                 `json:"active"`
+	ActivePID   int32                `json:"active_pid,omitempty"`
+	RestartLSN  walstream.LSN        `json:"restart_lsn"`
+	RestartTLI  walstream.TimeLineID `json:"restart_tli"`
 }
 
 type slot struct {
@@ -45,9 +48,10 @@ type slotStore struct {
 }
 
 type slotFile struct {
-	Name       string               `json:"name"`
-	RestartLSN walstream.LSN        `json:"restart_lsn"`
-	RestartTLI walstream.TimeLineID `json:"restart_tli"`
+	Name        string               `json:"name"`
+	Invalidated bool                 `json:"invalidated,omitempty"`
+	RestartLSN  walstream.LSN        `json:"restart_lsn"`
+	RestartTLI  walstream.TimeLineID `json:"restart_tli"`
 }
 
 func openSlotStore(dir string, log *slog.Logger) (*slotStore, error) {
@@ -76,7 +80,7 @@ func openSlotStore(dir string, log *slog.Logger) (*slotStore, error) {
 		if err := json.Unmarshal(b, &f); err != nil {
 			return nil, fmt.Errorf("parse slot %s: %w", name, err)
 		}
-		ss.slots[f.Name] = &slot{SlotStatus: SlotStatus{Name: f.Name, RestartLSN: f.RestartLSN, RestartTLI: f.RestartTLI}}
+		ss.slots[f.Name] = &slot{SlotStatus: SlotStatus{Name: f.Name, RestartLSN: f.RestartLSN, RestartTLI: f.RestartTLI, Invalidated: f.Invalidated}}
 	}
 	return ss, nil
 }
@@ -138,6 +142,11 @@ func (ss *slotStore) acquire(name string, pid int32) error {
 	if sl.Active && sl.ActivePID != pid {
 		return errorf("55006", "replication slot \"%s\" is active for PID %d", name, sl.ActivePID)
 	}
+	if sl.Invalidated {
+		pe := errorf("55000", "can no longer get changes from replication slot \"%s\"", name)
+		pe.Detail = "This slot has been invalidated because it exceeded the maximum reserved size (--max-retained-size)."
+		return pe
+	}
 	sl.Active, sl.ActivePID = true, pid
 	return nil
 }
@@ -182,7 +191,7 @@ func (ss *slotStore) advance(name string, flush walstream.LSN) {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
 	sl, ok := ss.slots[name]
-	if !ok || flush <= sl.RestartLSN {
+	if !ok || sl.Invalidated || flush <= sl.RestartLSN {
 		return
 	}
 	sl.RestartLSN = flush
@@ -194,9 +203,25 @@ func (ss *slotStore) advance(name string, flush walstream.LSN) {
 	}
 }
 
+// invalidate releases a slot's hold on WAL for good.
+func (ss *slotStore) invalidate(name string) {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	sl, ok := ss.slots[name]
+	if !ok || sl.Invalidated {
+		return
+	}
+	sl.Invalidated, sl.RestartLSN = true, walstream.InvalidLSN
+	if !sl.Temporary {
+		if err := ss.persist(sl); err != nil {
+			ss.log.Warn("persist slot", "slot", name, "err", err)
+		}
+	}
+}
+
 // persist writes sl; called with ss.mu held.
 func (ss *slotStore) persist(sl *slot) error {
-	b, err := json.Marshal(slotFile{Name: sl.Name, RestartLSN: sl.RestartLSN, RestartTLI: sl.RestartTLI})
+	b, err := json.Marshal(slotFile{Name: sl.Name, RestartLSN: sl.RestartLSN, RestartTLI: sl.RestartTLI, Invalidated: sl.Invalidated})
 	if err != nil {
 		return err
 	}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"sort"
+	"time"
 
 	"github.com/walrelay/walrelay/internal/fsutil"
 )
@@ -173,4 +174,39 @@ func (s *Store) segmentSize() uint64 {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.meta.SegmentSize
+}
+
+// SegmentInfo describes one held segment for retention.
+type SegmentInfo struct {
+	Timeline TimeLineID
+	Start    LSN
+	Complete bool
+	Bytes    int64     // on disk
+	ModTime  time.Time // when it was last written (completion, for a complete one)
+}
+
+// SegmentInfos lists the held segments, oldest first.
+func (s *Store) SegmentInfos() []SegmentInfo {
+	s.mu.Lock()
+	segSize := s.meta.SegmentSize
+	segs := make([]*segment, 0, len(s.segs))
+	for _, seg := range s.segs {
+		segs = append(segs, seg)
+	}
+	s.mu.Unlock()
+	out := make([]SegmentInfo, 0, len(segs))
+	for _, seg := range segs {
+		info := SegmentInfo{Timeline: seg.key.tli, Start: LSN(seg.key.no * segSize), Complete: seg.complete, Bytes: seg.durable.Load()}
+		if st, err := seg.f.Stat(); err == nil {
+			info.Bytes, info.ModTime = st.Size(), st.ModTime()
+		}
+		out = append(out, info)
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Start != out[j].Start {
+			return out[i].Start < out[j].Start
+		}
+		return out[i].Timeline < out[j].Timeline
+	})
+	return out
 }

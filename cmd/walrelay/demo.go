@@ -112,7 +112,10 @@ func runDemo(ctx context.Context, out io.Writer, f demoFlags) error {
 		upstream:      primary.ReplicationConnString(),
 		dataDir:       filepath.Join(base, "relay-r1"),
 		senderTimeout: 60 * time.Second,
-		retainSize:    "1GB",
+		retain:        "1GB",
+		maxRetained:   "0",
+		compression:   "zstd",
+		feedbackFrom:  "all",
 	}, log)
 	if err != nil {
 		return err

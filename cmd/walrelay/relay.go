@@ -37,7 +37,8 @@ type relayFlags struct {
 	logLevel      string
 	logFormat     string
 	senderTimeout time.Duration
-	retainSize    string
+	retain        string
+	maxRetained   string
 	feedbackFrom  string
 	compression   string
 }
@@ -76,7 +77,8 @@ through a physical replication slot walrelay_<node-id>, stores it durably in
 	fl.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	fl.StringVar(&f.logFormat, "log-format", "text", "text or json")
 	fl.DurationVar(&f.senderTimeout, "sender-timeout", 60*time.Second, "disconnect children silent this long (wal_sender_timeout)")
-	fl.StringVar(&f.retainSize, "retain-size", "1GB", "WAL kept beyond what slots and connected children need")
+	fl.StringVar(&f.retain, "retain", "1GB", "WAL kept beyond what slots and connected children need: a size (1GB) or an age (24h)")
+	fl.StringVar(&f.maxRetained, "max-retained-size", "0", "hard cap on WAL kept for slots and children; beyond it the oldest slots are invalidated (0: no cap)")
 	fl.StringVar(&f.compression, "compression", "zstd", "ask a parent that is a relay for a compressed link: zstd or off")
 	fl.StringVar(&f.feedbackFrom, "feedback-from", "all", "whose hot standby feedback is forwarded upstream: all, none, or application_names (a,b)")
 	cmd.MarkFlagRequired("node-id")
@@ -132,7 +134,7 @@ func runRelay(ctx context.Context, f relayFlags, log *slog.Logger) error {
 type relayNode struct {
 	f        relayFlags
 	log      *slog.Logger
-	retain   uint64
+	retain   relay.RetentionPolicy
 	store    *walstream.Store
 	up       *walstream.Upstream
 	srv      *relay.Server
@@ -156,8 +158,11 @@ func (l *lateFeedback) Feedback() (walstream.HotStandbyFeedback, bool) {
 // newRelayNode opens the store and binds the listeners; Run serves.
 func newRelayNode(f relayFlags, log *slog.Logger) (_ *relayNode, err error) {
 	n := &relayNode{f: f, log: log}
-	if n.retain, err = parseSize(f.retainSize); err != nil {
-		return nil, fmt.Errorf("--retain-size: %w", err)
+	if n.retain.RetainSize, n.retain.RetainAge, err = relay.ParseRetain(f.retain); err != nil {
+		return nil, fmt.Errorf("--retain: %w", err)
+	}
+	if n.retain.MaxRetainedSize, err = relay.ParseSize(f.maxRetained); err != nil {
+		return nil, fmt.Errorf("--max-retained-size: %w", err)
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -281,7 +286,7 @@ func (n *relayNode) Run(ctx context.Context) error {
 			return nil
 		})
 	}
-	g.Go(func() error { return retainLoop(gctx, n.store, n.srv, n.retain, n.log) })
+	g.Go(func() error { return n.srv.RunRetention(gctx, n.store, n.retain, 5*time.Second) })
 	g.Go(func() error {
 		<-gctx.Done()
 		n.log.Info("relay shutting down")
@@ -303,52 +308,4 @@ func (n *relayNode) Run(ctx context.Context) error {
 	}
 	n.log.Info("relay stopped")
 	return nil
-}
-
-// retainLoop removes segments no slot or child needs beyond the newest
-// retain bytes.
-func retainLoop(ctx context.Context, store *walstream.Store, srv *relay.Server, retain uint64, log *slog.Logger) error {
-	t := time.NewTicker(10 * time.Second)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-t.C:
-		}
-		_, end := store.DurableEnd()
-		if uint64(end) <= retain {
-			continue
-		}
-		keep := end - walstream.LSN(retain)
-		if needed, ok := srv.OldestNeeded(); ok && needed < keep {
-			keep = needed
-		}
-		n, err := store.RemoveBefore(keep)
-		if err != nil {
-			log.Error("removing old WAL", "err", err)
-		} else if n > 0 {
-			log.Info("removed old WAL segments", "count", n, "keep_from", keep.String())
-		}
-	}
-}
-
-// parseSize parses sizes like 512MB, 1GB, 1048576.
-func parseSize(s string) (uint64, error) {
-	s = strings.TrimSpace(strings.ToUpper(s))
-	mult := uint64(1)
-	for _, u := range []struct {
-		suffix string
-		mult   uint64
-	}{{"TB", 1 << 40}, {"GB", 1 << 30}, {"MB", 1 << 20}, {"KB", 1 << 10}, {"B", 1}} {
-		if strings.HasSuffix(s, u.suffix) {
-			s, mult = strings.TrimSpace(strings.TrimSuffix(s, u.suffix)), u.mult
-			break
-		}
-	}
-	var n uint64
-	if _, err := fmt.Sscanf(s, "%d", &n); err != nil {
-		return 0, fmt.Errorf("invalid size %q", s)
-	}
-	return n * mult, nil
 }
