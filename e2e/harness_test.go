@@ -154,6 +154,11 @@ func startRelay(t testing.TB, id, upstream string, extra ...string) *relayProc {
 		"--data-dir", dir, "--http", r.HTTP, "--log-level", "debug"}, extra...)
 	t.Cleanup(func() {
 		r.stop(t)
+		if b, err := os.ReadFile(r.LogFile); err == nil {
+			if i := strings.Index(string(b), "WARNING: DATA RACE"); i >= 0 {
+				t.Errorf("relay %s: the race detector reported:\n%s", id, string(b[i:min(len(b), i+6000)]))
+			}
+		}
 		if t.Failed() {
 			t.Logf("relay %s log tail:\n%s", id, tail(r.LogFile, 60))
 		}

@@ -52,6 +52,8 @@ type UpstreamProgress interface {
 // walstream.ErrWALRemoved means no ancestor has it.
 type Backfiller interface {
 	Fetch(ctx context.Context, tli walstream.TimeLineID, from walstream.LSN) error
+	// Refetch replaces a held segment found corrupt with a fresh copy.
+	Refetch(ctx context.Context, tli walstream.TimeLineID, segNo uint64) error
 }
 
 // Config configures a Server.
@@ -300,6 +302,7 @@ type serverMetrics struct {
 	sentWireBytes    prometheus.Counter
 	sessions         *prometheus.CounterVec
 	slotsInvalidated prometheus.Counter
+	corrupt          prometheus.Counter
 	storeBytes       prometheus.Gauge
 }
 
@@ -317,6 +320,9 @@ func newServerMetrics(reg prometheus.Registerer) *serverMetrics {
 		slotsInvalidated: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "walrelay_slots_invalidated_total", Help: "Relay-local slots invalidated because their WAL exceeded --max-retained-size.",
 		}),
+		corrupt: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "walrelay_store_corrupt_frames_total", Help: "Compressed frames that failed their checksum when read; the segment is fetched again.",
+		}),
 		storeBytes: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "walrelay_store_bytes", Help: "Bytes of WAL segment files held by the relay.",
 		}),
@@ -325,7 +331,7 @@ func newServerMetrics(reg prometheus.Registerer) *serverMetrics {
 		}, []string{"result"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.connections, m.sentBytes, m.sentWireBytes, m.sessions, m.slotsInvalidated, m.storeBytes)
+		reg.MustRegister(m.connections, m.sentBytes, m.sentWireBytes, m.sessions, m.slotsInvalidated, m.corrupt, m.storeBytes)
 	}
 	return m
 }

@@ -487,6 +487,9 @@ func (s *session) sendWAL(w *walWriter, tli walstream.TimeLineID, pos, end walst
 func (s *session) readWAL(tli walstream.TimeLineID, pos walstream.LSN, buf []byte) ([]byte, error) {
 	src := s.srv.cfg.Source
 	data, err := src.Read(tli, pos, buf)
+	if errors.Is(err, walstream.ErrCorrupt) {
+		data, err = s.refetchCorrupt(tli, pos, buf, err)
+	}
 	if len(data) > 0 || (err != nil && !errors.Is(err, walstream.ErrWALRemoved)) {
 		return data, err
 	}
@@ -497,6 +500,25 @@ func (s *session) readWAL(tli walstream.TimeLineID, pos walstream.LSN, buf []byt
 		}
 	}
 	return data, err
+}
+
+// refetchCorrupt replaces a segment whose compressed frame failed its
+// checksum with a copy from upstream, then reads again. Damaged bytes are
+// never sent.
+func (s *session) refetchCorrupt(tli walstream.TimeLineID, pos walstream.LSN, buf []byte, cause error) ([]byte, error) {
+	s.srv.m.corrupt.Inc()
+	s.log.Error("corrupt WAL in the store; fetching the segment again from upstream", "lsn", pos.String(), "err", cause)
+	if s.srv.cfg.Backfill == nil {
+		return nil, cause
+	}
+	id, _ := s.srv.cfg.Source.Identity()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if err := s.srv.cfg.Backfill.Refetch(ctx, tli, pos.SegmentNo(id.SegmentSize)); err != nil {
+		return nil, errorf("XX001", "WAL at %s is corrupt on this relay and could not be fetched again: %v", pos, err)
+	}
+	s.log.Info("segment fetched again after corruption", "lsn", pos.String())
+	return s.srv.cfg.Source.Read(tli, pos, buf)
 }
 
 // appendCompressed adds one 'z' message for data to w.zout.

@@ -51,14 +51,27 @@ func (b *Backfiller) Fetch(ctx context.Context, tli TimeLineID, from LSN) error 
 	}
 	log.Info("backfilling WAL from upstream", "timeline", tli, "from_lsn", from.String(), "to_lsn", to.String())
 	t0 := time.Now()
-	if err := b.fetch(ctx, id, tli, from, to); err != nil {
+	if err := b.fetch(ctx, id, tli, from, to, b.Store.InstallSegment); err != nil {
 		return err
 	}
 	log.Info("backfill done", "timeline", tli, "from_lsn", from.String(), "to_lsn", to.String(), "duration", time.Since(t0))
 	return nil
 }
 
-func (b *Backfiller) fetch(ctx context.Context, id Identity, tli TimeLineID, from, to LSN) error {
+// Refetch fetches one held segment again from the parent and replaces the
+// store's copy, after corruption was detected in it.
+func (b *Backfiller) Refetch(ctx context.Context, tli TimeLineID, segNo uint64) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	id, ok := b.Store.Identity()
+	if !ok {
+		return errors.New("refetch: store has no identity yet")
+	}
+	from := LSN(segNo * id.SegmentSize)
+	return b.fetch(ctx, id, tli, from, from+LSN(id.SegmentSize), b.Store.ReplaceSegment)
+}
+
+func (b *Backfiller) fetch(ctx context.Context, id Identity, tli TimeLineID, from, to LSN, install func(TimeLineID, uint64, []byte) error) error {
 	pc, err := pgconn.ParseConfig(b.ConnString)
 	if err != nil {
 		return err
@@ -130,7 +143,7 @@ func (b *Backfiller) fetch(ctx context.Context, id Identity, tli TimeLineID, fro
 			n := copy(seg[off:], data)
 			data, pos = data[n:], pos+LSN(n)
 			if pos.SegmentOffset(id.SegmentSize) == 0 {
-				if err := b.Store.InstallSegment(tli, pos.SegmentNo(id.SegmentSize)-1, seg); err != nil {
+				if err := install(tli, pos.SegmentNo(id.SegmentSize)-1, seg); err != nil {
 					return err
 				}
 			}

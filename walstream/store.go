@@ -57,6 +57,9 @@ type StoreOptions struct {
 	// children at the tip are served without reading files. Rounded up to
 	// whole segments, at least one. Default 64 MiB.
 	TailBytes uint64
+	// Compress rewrites completed segments as checksummed zstd frames
+	// (see zsegment.go); RunCompactor does the work.
+	Compress bool
 }
 
 const identityFile = "identity.json"
@@ -81,6 +84,8 @@ type Store struct {
 	hasMeta  bool
 	segs     map[segKey]*segment
 	history  map[TimeLineID][]byte
+	cache    *frameCache
+	compress bool
 	memSegs  []*segment // segments whose bytes are in memory, oldest first
 	writer   *segment   // the .partial segment being written, or nil
 	writeTLI TimeLineID
@@ -107,9 +112,10 @@ type segment struct {
 	// durable counts the bytes of this file that are fsynced and may be
 	// served. Published after fsync.
 	durable  atomic.Int64
-	size     int64  // bytes written (writer only)
-	complete bool   // full size and renamed to its final name
-	mem      []byte // segment-sized copy while in the memory tail; guarded by Store.mu
+	size     int64     // bytes written (writer only)
+	complete bool      // full size and renamed to its final name
+	mem      []byte    // segment-sized copy while in the memory tail; guarded by Store.mu
+	z        *zsegment // set when the file is compressed (*.wz); guarded by Store.mu
 }
 
 // OpenStore opens (creating if needed) the store in dir, recovering from a
@@ -123,11 +129,13 @@ func OpenStore(dir string, opts StoreOptions) (*Store, error) {
 		opts.TailBytes = 64 << 20
 	}
 	s := &Store{
-		dir:     dir,
-		log:     opts.Logger,
-		tail:    opts.TailBytes,
-		segs:    make(map[segKey]*segment),
-		history: make(map[TimeLineID][]byte),
+		dir:      dir,
+		log:      opts.Logger,
+		tail:     opts.TailBytes,
+		segs:     make(map[segKey]*segment),
+		history:  make(map[TimeLineID][]byte),
+		cache:    newFrameCache(256), // 64 MiB of decoded frames
+		compress: opts.Compress,
 	}
 	s.notify.init()
 	if err := os.MkdirAll(s.walDir(), 0o700); err != nil {
@@ -221,14 +229,41 @@ func (s *Store) recover() error {
 }
 
 func (s *Store) openComplete(name string) error {
-	tli, no, err := ParseSegmentFileName(name, s.meta.SegmentSize)
+	base, compressed := strings.CutSuffix(name, CompressedSuffix)
+	tli, no, err := ParseSegmentFileName(base, s.meta.SegmentSize)
 	if err != nil {
 		return fmt.Errorf("store %s: %w", s.dir, err)
 	}
 	path := filepath.Join(s.walDir(), name)
+	if old, ok := s.segs[segKey{tli, no}]; ok {
+		// A crash between compressing a segment and removing the raw
+		// file: keep the compressed one.
+		keep, drop := old, path
+		if compressed {
+			keep, drop = nil, old.path
+			old.f.Close()
+		}
+		if err := os.Remove(drop); err != nil {
+			return fmt.Errorf("remove duplicate %s: %w", drop, err)
+		}
+		if keep != nil {
+			return nil
+		}
+	}
 	f, err := os.Open(path)
 	if err != nil {
 		return fmt.Errorf("open segment %s: %w", name, err)
+	}
+	if compressed {
+		z, err := openZSegment(f, s.meta.SegmentSize)
+		if err != nil {
+			f.Close()
+			return fmt.Errorf("open compressed segment %s: %w", name, err)
+		}
+		seg := &segment{key: segKey{tli, no}, f: f, path: path, size: int64(s.meta.SegmentSize), complete: true, z: z}
+		seg.durable.Store(seg.size)
+		s.segs[seg.key] = seg
+		return nil
 	}
 	st, err := f.Stat()
 	if err != nil {
@@ -302,11 +337,18 @@ func (s *Store) openPartial(name string, newest bool) error {
 // page headers: the data is cut at the first page whose header is missing,
 // incomplete or does not name its own position.
 func (s *Store) validPrefix(data []byte, segStart LSN) int {
+	s.mu.Lock()
+	id := s.meta.Identity
+	s.mu.Unlock()
+	return validPrefix(data, segStart, id, s.log)
+}
+
+func validPrefix(data []byte, segStart LSN, id Identity, log *slog.Logger) int {
 	var magic uint16
 	for off := 0; off < len(data); off += PageSize {
 		end := min(off+PageSize, len(data))
-		if err := checkPage(data[off:end], segStart+LSN(off), magic, s.meta.Identity); err != nil {
-			s.log.Debug("invalid WAL page", "err", err)
+		if err := checkPage(data[off:end], segStart+LSN(off), magic, id); err != nil {
+			log.Debug("invalid WAL page", "err", err)
 			return off
 		}
 		if off == 0 {

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"sort"
 	"time"
 
@@ -52,6 +53,22 @@ func (s *Store) readAt(tli TimeLineID, lsn LSN, p []byte, limit int64) (int, err
 // (limit < 0: the segment's durable bytes; the writer verifying resent WAL
 // may read its own bytes that are not durable yet).
 func (s *Store) read(tli TimeLineID, lsn LSN, p []byte, limit int64, view bool) ([]byte, error) {
+	// A segment compressed while a read was under way closes its raw file:
+	// look it up again once.
+	b, err := s.readOnce(tli, lsn, p, limit, view)
+	if errors.Is(err, os.ErrClosed) {
+		b, err = s.readOnce(tli, lsn, p, limit, view)
+	}
+	if errors.Is(err, os.ErrClosed) {
+		s.mu.Lock()
+		segSize := s.meta.SegmentSize
+		s.mu.Unlock()
+		return nil, &WALRemovedError{Segment: SegmentFileName(tli, lsn.SegmentNo(segSize), segSize)}
+	}
+	return b, err
+}
+
+func (s *Store) readOnce(tli TimeLineID, lsn LSN, p []byte, limit int64, view bool) ([]byte, error) {
 	s.mu.Lock()
 	if !s.hasMeta {
 		s.mu.Unlock()
@@ -61,8 +78,11 @@ func (s *Store) read(tli TimeLineID, lsn LSN, p []byte, limit int64, view bool) 
 	key := segKey{tli, lsn.SegmentNo(segSize)}
 	seg := s.segs[key]
 	var mem []byte
+	var z *zsegment
+	var f *os.File
+	var path string
 	if seg != nil {
-		mem = seg.mem
+		mem, z, f, path = seg.mem, seg.z, seg.f, seg.path
 	}
 	s.mu.Unlock()
 	if seg == nil {
@@ -80,18 +100,33 @@ func (s *Store) read(tli TimeLineID, lsn LSN, p []byte, limit int64, view bool) 
 		return nil, nil
 	}
 	n := min(int64(len(p)), avail-off)
-	if mem != nil {
+	switch {
+	case mem != nil:
 		if view {
 			return mem[off : off+n : off+n], nil
 		}
 		return p[:copy(p[:n], mem[off:off+n])], nil
-	}
-	m, err := seg.f.ReadAt(p[:n], off)
-	if err != nil {
-		if errors.Is(err, os.ErrClosed) {
-			return nil, &WALRemovedError{Segment: SegmentFileName(tli, key.no, segSize)}
+	case z != nil:
+		i := int(off / ZFrameSize)
+		fk := frameKey{key, i}
+		frame, ok := s.cache.get(fk)
+		if !ok {
+			var err error
+			if frame, err = z.frame(f, filepath.Base(path), i); err != nil {
+				return nil, err
+			}
+			s.cache.put(fk, frame)
 		}
-		return p[:m], fmt.Errorf("read segment %s at %s: %w", seg.path, lsn, err)
+		fo := off - int64(i)*ZFrameSize
+		n = min(n, int64(len(frame))-fo)
+		if view {
+			return frame[fo : fo+n : fo+n], nil
+		}
+		return p[:copy(p[:n], frame[fo:fo+n])], nil
+	}
+	m, err := f.ReadAt(p[:n], off)
+	if err != nil {
+		return p[:m], fmt.Errorf("read segment %s at %s: %w", path, lsn, err)
 	}
 	return p[:m], nil
 }
@@ -187,20 +222,24 @@ type SegmentInfo struct {
 
 // SegmentInfos lists the held segments, oldest first.
 func (s *Store) SegmentInfos() []SegmentInfo {
+	type snap struct {
+		info SegmentInfo
+		f    *os.File
+	}
 	s.mu.Lock()
 	segSize := s.meta.SegmentSize
-	segs := make([]*segment, 0, len(s.segs))
+	snaps := make([]snap, 0, len(s.segs))
 	for _, seg := range s.segs {
-		segs = append(segs, seg)
+		snaps = append(snaps, snap{SegmentInfo{Timeline: seg.key.tli, Start: LSN(seg.key.no * segSize),
+			Complete: seg.complete, Bytes: seg.durable.Load()}, seg.f})
 	}
 	s.mu.Unlock()
-	out := make([]SegmentInfo, 0, len(segs))
-	for _, seg := range segs {
-		info := SegmentInfo{Timeline: seg.key.tli, Start: LSN(seg.key.no * segSize), Complete: seg.complete, Bytes: seg.durable.Load()}
-		if st, err := seg.f.Stat(); err == nil {
-			info.Bytes, info.ModTime = st.Size(), st.ModTime()
+	out := make([]SegmentInfo, 0, len(snaps))
+	for _, sn := range snaps {
+		if st, err := sn.f.Stat(); err == nil {
+			sn.info.Bytes, sn.info.ModTime = st.Size(), st.ModTime()
 		}
-		out = append(out, info)
+		out = append(out, sn.info)
 	}
 	sort.Slice(out, func(i, j int) bool {
 		if out[i].Start != out[j].Start {

@@ -116,6 +116,8 @@ func runDemo(ctx context.Context, out io.Writer, f demoFlags) error {
 		maxRetained:   "0",
 		compression:   "zstd",
 		feedbackFrom:  "all",
+		storeCompress: "zstd",
+		memoryTail:    "64MB",
 	}, log)
 	if err != nil {
 		return err

@@ -41,6 +41,8 @@ type relayFlags struct {
 	maxRetained   string
 	feedbackFrom  string
 	compression   string
+	storeCompress string
+	memoryTail    string
 }
 
 func newRelayCmd() *cobra.Command {
@@ -80,6 +82,8 @@ through a physical replication slot walrelay_<node-id>, stores it durably in
 	fl.StringVar(&f.retain, "retain", "1GB", "WAL kept beyond what slots and connected children need: a size (1GB) or an age (24h)")
 	fl.StringVar(&f.maxRetained, "max-retained-size", "0", "hard cap on WAL kept for slots and children; beyond it the oldest slots are invalidated (0: no cap)")
 	fl.StringVar(&f.compression, "compression", "zstd", "ask a parent that is a relay for a compressed link: zstd or off")
+	fl.StringVar(&f.storeCompress, "store-compression", "zstd", "store completed segments as checksummed zstd frames: zstd or off")
+	fl.StringVar(&f.memoryTail, "memory-tail", "64MB", "newest WAL kept in memory to serve children at the tip without disk reads")
 	fl.StringVar(&f.feedbackFrom, "feedback-from", "all", "whose hot standby feedback is forwarded upstream: all, none, or application_names (a,b)")
 	cmd.MarkFlagRequired("node-id")
 	cmd.MarkFlagRequired("upstream")
@@ -167,7 +171,14 @@ func newRelayNode(f relayFlags, log *slog.Logger) (_ *relayNode, err error) {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
-	if n.store, err = walstream.OpenStore(f.dataDir, walstream.StoreOptions{Logger: log}); err != nil {
+	if f.storeCompress != "zstd" && f.storeCompress != "off" {
+		return nil, fmt.Errorf("--store-compression %q: want zstd or off", f.storeCompress)
+	}
+	tail, err := relay.ParseSize(f.memoryTail)
+	if err != nil {
+		return nil, fmt.Errorf("--memory-tail: %w", err)
+	}
+	if n.store, err = walstream.OpenStore(f.dataDir, walstream.StoreOptions{Logger: log, Compress: f.storeCompress == "zstd", TailBytes: tail}); err != nil {
 		return nil, err
 	}
 	defer func() {
@@ -287,6 +298,7 @@ func (n *relayNode) Run(ctx context.Context) error {
 		})
 	}
 	g.Go(func() error { return n.srv.RunRetention(gctx, n.store, n.retain, 5*time.Second) })
+	g.Go(func() error { return n.store.RunCompactor(gctx, time.Second) })
 	g.Go(func() error {
 		<-gctx.Done()
 		n.log.Info("relay shutting down")

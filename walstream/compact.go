@@ -1,0 +1,133 @@
+package walstream
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/walrelay/walrelay/internal/fsutil"
+)
+
+// RunCompactor compresses completed segments every interval until ctx
+// ends (a no-op store option Compress is off).
+func (s *Store) RunCompactor(ctx context.Context, interval time.Duration) error {
+	if !s.compress {
+		return nil
+	}
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+		if _, err := s.CompactOnce(); err != nil {
+			s.log.Error("compressing segments", "err", err)
+		}
+	}
+}
+
+// CompactOnce rewrites every completed raw segment as a compressed file and
+// returns how many it did.
+func (s *Store) CompactOnce() (int, error) {
+	s.mu.Lock()
+	var todo []*segment
+	for _, seg := range s.segs {
+		if seg.complete && seg.z == nil {
+			todo = append(todo, seg)
+		}
+	}
+	s.mu.Unlock()
+	done := 0
+	for _, seg := range todo {
+		if err := s.compactSegment(seg); err != nil {
+			return done, err
+		}
+		done++
+	}
+	return done, nil
+}
+
+func (s *Store) compactSegment(seg *segment) error {
+	s.mu.Lock()
+	path, f, closed, segSize := seg.path, seg.f, s.closed, s.meta.SegmentSize
+	s.mu.Unlock()
+	if closed {
+		return nil
+	}
+	raw, err := io.ReadAll(io.NewSectionReader(f, 0, int64(segSize)))
+	if err != nil {
+		return fmt.Errorf("compress %s: %w", path, err)
+	}
+	zpath := path + CompressedSuffix
+	if err := fsutil.WriteFileAtomic(zpath, encodeZSegment(raw)); err != nil {
+		return fmt.Errorf("compress %s: %w", path, err)
+	}
+	zf, err := os.Open(zpath)
+	if err != nil {
+		return err
+	}
+	z, err := openZSegment(zf, segSize)
+	if err != nil {
+		zf.Close()
+		return fmt.Errorf("reopen %s: %w", zpath, err)
+	}
+	s.mu.Lock()
+	if s.segs[seg.key] != seg || s.closed { // removed meanwhile
+		s.mu.Unlock()
+		zf.Close()
+		return os.Remove(zpath)
+	}
+	old := seg.f
+	seg.f, seg.path, seg.z = zf, zpath, z
+	s.mu.Unlock()
+	old.Close()
+	if err := os.Remove(path); err != nil {
+		return fmt.Errorf("remove %s: %w", path, err)
+	}
+	return fsutil.SyncDir(s.walDir())
+}
+
+// ReplaceSegment swaps a held segment for raw bytes fetched again (after
+// corruption was found). The raw file is fsynced and renamed into place
+// before the damaged one is dropped; the compactor compresses it again.
+func (s *Store) ReplaceSegment(tli TimeLineID, no uint64, raw []byte) error {
+	s.mu.Lock()
+	segSize, id := s.meta.SegmentSize, s.meta.Identity
+	seg := s.segs[segKey{tli, no}]
+	complete := seg != nil && seg.complete
+	s.mu.Unlock()
+	name := SegmentFileName(tli, no, segSize)
+	if seg == nil {
+		return s.InstallSegment(tli, no, raw)
+	}
+	if uint64(len(raw)) != segSize || !complete {
+		return fmt.Errorf("replace segment %s: %d bytes for a complete segment of %d", name, len(raw), segSize)
+	}
+	if valid := s.validPrefix(raw, LSN(no*segSize)); valid != len(raw) {
+		return fmt.Errorf("replace segment %s: page at offset %d is not valid WAL of system %d", name, valid, id.SystemID)
+	}
+	path := filepath.Join(s.walDir(), name)
+	if err := fsutil.WriteFileAtomic(path, raw); err != nil {
+		return fmt.Errorf("replace segment %s: %w", name, err)
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	old, oldPath := seg.f, seg.path
+	seg.f, seg.path, seg.z = f, path, nil
+	s.mu.Unlock()
+	s.cache.dropSegment(seg.key)
+	old.Close()
+	if strings.HasSuffix(oldPath, CompressedSuffix) {
+		os.Remove(oldPath)
+	}
+	return fsutil.SyncDir(s.walDir())
+}
