@@ -22,11 +22,12 @@ import (
 	"github.com/walrelay/walrelay/walstream"
 )
 
-// BenchmarkRelayHop measures the replay lag a relay adds: one standby
-// streams from the primary, one through a relay, both under the same
-// pgbench run. A probe commits a marker every 20 ms on the primary; each
-// standby is polled for its replay LSN, and a marker's lag is the time from
-// issuing its commit to the first poll that shows it replayed.
+// BenchmarkRelayHop measures the replay lag relays add: one standby
+// streams from the primary, others through chains of 1, 2 and 3 relays
+// (relay-to-relay links compressed), all under the same pgbench run. A
+// probe commits a marker every 20 ms on the primary; each standby is polled
+// for its replay LSN, and a marker's lag is the time from issuing its commit
+// to the first poll that shows it replayed.
 //
 //	go test -run '^$' -bench RelayHop -benchtime 1x ./e2e/
 func BenchmarkRelayHop(b *testing.B) {
@@ -36,11 +37,17 @@ func BenchmarkRelayHop(b *testing.B) {
 	if err := primary.Exec(ctx, "CREATE TABLE probe(t timestamptz)"); err != nil {
 		b.Fatal(err)
 	}
-	relay := startRelay(b, "r1", primary.ReplicationConnString(), "--log-level", "info")
-	direct := newStandby(b, primary, "direct", primary.ReplicationConnString())
-	relayed := newStandby(b, primary, "relayed", relay.Conninfo())
+	r1 := startRelay(b, "r1", primary.ReplicationConnString(), "--log-level", "info")
+	r2 := startRelay(b, "r2", r1.Conninfo(), "--log-level", "info")
+	r3 := startRelay(b, "r3", r2.Conninfo(), "--log-level", "info")
+	standbys := []*pgcluster.Cluster{
+		newStandby(b, primary, "direct", primary.ReplicationConnString()),
+		newStandby(b, primary, "hop1", r1.Conninfo()),
+		newStandby(b, primary, "hop2", r2.Conninfo()),
+		newStandby(b, primary, "hop3", r3.Conninfo()),
+	}
 	target, _ := primary.CurrentLSN(ctx)
-	for _, sb := range []*pgcluster.Cluster{direct, relayed} {
+	for _, sb := range standbys {
 		wctx, cancel := context.WithTimeout(ctx, time.Minute)
 		if err := sb.WaitReplayed(wctx, target); err != nil {
 			b.Fatal(err)
@@ -49,18 +56,18 @@ func BenchmarkRelayHop(b *testing.B) {
 	}
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
-		d, r := measureHop(b, primary, direct, relayed, 15*time.Second)
-		report := func(name string, lags []time.Duration) {
-			b.ReportMetric(ms(percentile(lags, 50)), name+"-p50-ms")
-			b.ReportMetric(ms(percentile(lags, 99)), name+"-p99-ms")
+		lags := measureHop(b, primary, standbys, 15*time.Second)
+		d50, d99 := percentile(lags[0], 50), percentile(lags[0], 99)
+		b.ReportMetric(ms(d50), "direct-p50-ms")
+		b.ReportMetric(ms(d99), "direct-p99-ms")
+		for hop := 1; hop < len(lags); hop++ {
+			p50, p99 := percentile(lags[hop], 50), percentile(lags[hop], 99)
+			b.ReportMetric(ms(p50-d50), fmt.Sprintf("hop%d-added-p50-ms", hop))
+			b.ReportMetric(ms(p99-d99), fmt.Sprintf("hop%d-added-p99-ms", hop))
+			b.Logf("%d relay(s): p50 %.2f ms p99 %.2f ms; direct p50 %.2f p99 %.2f; added p50 %.2f p99 %.2f (%d markers)",
+				hop, ms(p50), ms(p99), ms(d50), ms(d99), ms(p50-d50), ms(p99-d99), len(lags[hop]))
 		}
-		report("direct", d)
-		report("relay", r)
-		b.ReportMetric(ms(percentile(r, 50)-percentile(d, 50)), "added-p50-ms")
-		b.ReportMetric(ms(percentile(r, 99)-percentile(d, 99)), "added-p99-ms")
-		logMetrics(b, relay, "walrelay_store_fsync_seconds")
-		b.Logf("markers: %d; direct p50 %.2f p99 %.2f ms; relay p50 %.2f p99 %.2f ms",
-			len(d), ms(percentile(d, 50)), ms(percentile(d, 99)), ms(percentile(r, 50)), ms(percentile(r, 99)))
+		logMetrics(b, r1, "walrelay_store_fsync_seconds_count")
 	}
 }
 
@@ -81,13 +88,13 @@ type lsnSample struct {
 }
 
 // measureHop runs pgbench for d with the probe and returns the per-marker
-// replay lags of the two standbys.
-func measureHop(b *testing.B, primary, direct, relayed *pgcluster.Cluster, d time.Duration) (dl, rl []time.Duration) {
+// replay lags of each standby.
+func measureHop(b *testing.B, primary *pgcluster.Cluster, standbys []*pgcluster.Cluster, d time.Duration) [][]time.Duration {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	var wg sync.WaitGroup
-	samples := make([][]lsnSample, 2)
-	for i, sb := range []*pgcluster.Cluster{direct, relayed} {
+	samples := make([][]lsnSample, len(standbys))
+	for i, sb := range standbys {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -111,7 +118,7 @@ func measureHop(b *testing.B, primary, direct, relayed *pgcluster.Cluster, d tim
 	deadline := time.Now().Add(d)
 	for time.Now().Before(deadline) {
 		// Replay cannot happen before the commit is issued: measure from
-		// here (includes the primary's commit time, the same for both).
+		// here (includes the primary's commit time, the same for all).
 		at := time.Now()
 		var lsn string
 		if err := pconn.QueryRow(ctx, "WITH i AS (INSERT INTO probe VALUES (now())) SELECT pg_current_wal_insert_lsn()::text").Scan(&lsn); err != nil {
@@ -127,8 +134,8 @@ func measureHop(b *testing.B, primary, direct, relayed *pgcluster.Cluster, d tim
 	time.Sleep(2 * time.Second)
 	cancel()
 	wg.Wait()
-	lags := func(s []lsnSample) []time.Duration {
-		var out []time.Duration
+	out := make([][]time.Duration, len(standbys))
+	for i, s := range samples {
 		j := 0
 		for _, m := range markers {
 			for j < len(s) && s[j].lsn < m.lsn {
@@ -137,11 +144,10 @@ func measureHop(b *testing.B, primary, direct, relayed *pgcluster.Cluster, d tim
 			if j == len(s) {
 				break
 			}
-			out = append(out, max(0, s[j].at.Sub(m.at)))
+			out[i] = append(out[i], max(0, s[j].at.Sub(m.at)))
 		}
-		return out
 	}
-	return lags(samples[0]), lags(samples[1])
+	return out
 }
 
 // pollReplay records the standby's replay LSN about every 0.3 ms.

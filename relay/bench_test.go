@@ -2,6 +2,7 @@ package relay
 
 import (
 	"fmt"
+	"sort"
 	"sync"
 	"syscall"
 	"testing"
@@ -90,3 +91,129 @@ func cpuTime() time.Duration {
 	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
+
+// BenchmarkLaggingFanout: 50 children far behind read 32 segments from the
+// store while 10 children follow the tip. "memory" keeps everything in the
+// memory tail; "disk" serves the lagging children from the compressed store
+// (frames decoded once into the shared cache). Reports the lagging
+// children's total MB/s and the tip children's delivery latency p99 with
+// and without the lagging load.
+func BenchmarkLaggingFanout(b *testing.B) {
+	for _, mode := range []string{"memory", "disk"} {
+		b.Run(mode, func(b *testing.B) {
+			opts := walstream.StoreOptions{TailBytes: 64 << 20}
+			if mode == "disk" {
+				opts = walstream.StoreOptions{TailBytes: 1, Compress: true}
+			}
+			benchLagging(b, opts)
+		})
+	}
+}
+
+func benchLagging(b *testing.B, opts walstream.StoreOptions) {
+	const history = 32 * testSeg
+	f := newFixtureWith(b, 0, opts)
+	chunk := waltest.Generate(testSysID, testSeg, 1, 0, 1<<20)
+	for f.end < history {
+		f.appendRaw(b, waltest.Generate(testSysID, testSeg, 1, uint64(f.end), 1<<20))
+	}
+	if opts.Compress {
+		if _, err := f.store.CompactOnce(); err != nil {
+			b.Fatal(err)
+		}
+	}
+	tipLatency := func(d time.Duration, during func()) time.Duration {
+		tips := make([]*streamClient, 10)
+		for i := range tips {
+			tips[i] = startStream(b, f.connect(b, ""), fmt.Sprintf("START_REPLICATION %s TIMELINE 1", f.end))
+		}
+		// Receipts are matched with publish times afterwards, so nobody
+		// waits on the bookkeeping.
+		var mu sync.Mutex
+		type receipt struct {
+			end walstream.LSN
+			at  time.Time
+		}
+		var receipts []receipt
+		published := map[walstream.LSN]time.Time{}
+		var wg sync.WaitGroup
+		stop := make(chan struct{})
+		for _, c := range tips {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				c.nc.SetReadDeadline(time.Now().Add(d + 30*time.Second))
+				for {
+					msg, err := c.fe.Receive()
+					if err != nil {
+						return
+					}
+					if cd, ok := msg.(*pgproto3.CopyData); ok && cd.Data[0] == 'w' {
+						x, _ := walstream.ParseXLogData(cd.Data)
+						r := receipt{x.DataStart + walstream.LSN(len(x.Data)), time.Now()}
+						mu.Lock()
+						receipts = append(receipts, r)
+						mu.Unlock()
+					}
+					select {
+					case <-stop:
+						return
+					default:
+					}
+				}
+			}()
+		}
+		go during()
+		deadline := time.Now().Add(d)
+		for time.Now().Before(deadline) {
+			// Timed from the moment the WAL is durable and published:
+			// delivery only, not the fsync.
+			f.appendRaw(b, chunk[:64<<10])
+			at := time.Now()
+			mu.Lock()
+			published[f.end] = at
+			mu.Unlock()
+			time.Sleep(2 * time.Millisecond)
+		}
+		close(stop)
+		for _, c := range tips {
+			c.nc.Close()
+		}
+		wg.Wait()
+		var lats []time.Duration
+		for _, r := range receipts {
+			if at, ok := published[r.end]; ok {
+				lats = append(lats, max(0, r.at.Sub(at)))
+			}
+		}
+		sort.Slice(lats, func(i, j int) bool { return lats[i] < lats[j] })
+		if len(lats) == 0 {
+			return 0
+		}
+		return lats[len(lats)*99/100]
+	}
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		quiet := tipLatency(2*time.Second, func() {})
+		var mbps float64
+		loaded := tipLatency(3*time.Second, func() {
+			lagging := make([]*streamClient, 50)
+			for i := range lagging {
+				lagging[i] = startStream(b, f.connect(b, ""), "START_REPLICATION 0/0 TIMELINE 1")
+			}
+			t0 := time.Now()
+			var wg sync.WaitGroup
+			for _, c := range lagging {
+				wg.Add(1)
+				go func() { defer wg.Done(); c.drain(b, history) }()
+			}
+			wg.Wait()
+			mbps = float64(50*history) / (1 << 20) / time.Since(t0).Seconds()
+		})
+		b.ReportMetric(mbps, "lagging-MB/s")
+		b.ReportMetric(ms(quiet), "tip-p99-ms")
+		b.ReportMetric(ms(loaded), "tip-p99-loaded-ms")
+	}
+}
+
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }

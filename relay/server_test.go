@@ -39,8 +39,13 @@ func (f *fakeProgress) ServerWALEnd() walstream.LSN { return f.end }
 
 func newFixture(t testing.TB, start walstream.LSN) *fixture {
 	t.Helper()
+	return newFixtureWith(t, start, walstream.StoreOptions{TailBytes: 64 << 20})
+}
+
+func newFixtureWith(t testing.TB, start walstream.LSN, opts walstream.StoreOptions) *fixture {
+	t.Helper()
 	dir := t.TempDir()
-	store, err := walstream.OpenStore(filepath.Join(dir, "store"), walstream.StoreOptions{TailBytes: 64 << 20})
+	store, err := walstream.OpenStore(filepath.Join(dir, "store"), opts)
 	if err != nil {
 		t.Fatal(err)
 	}
