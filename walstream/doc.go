@@ -7,6 +7,7 @@
 //	DIR/identity.json                         system id, segment size, server_version
 //	DIR/wal/TTTTTTTTXXXXXXXXYYYYYYYY          a complete segment, byte-identical to pg_wal
 //	DIR/wal/TTTTTTTTXXXXXXXXYYYYYYYY.partial  the one segment being written
+//	DIR/wal/TTTTTTTTXXXXXXXXYYYYYYYY.wz       a complete segment, compressed (zsegment.go)
 //	DIR/wal/NNNNNNNN.history                  timeline history files, byte-identical
 //
 // File names are PostgreSQL's (XLogFileName). A segment is written from its
@@ -16,7 +17,13 @@
 // directory fsynced. On open, temp files are removed and the newest .partial
 // is cut after its last page whose header names its own address (a torn
 // tail); what remains is fsynced and is the durable end the upstream client
-// resumes from.
+// resumes from. Segments are keyed by (timeline, segment number): after a
+// timeline switch the new timeline's copy of the switch segment is a file of
+// its own, and an old timeline's last segment may stay .partial.
+//
+// Completed segments may be rewritten as *.wz files of independent zstd
+// frames with a CRC-32C each (RunCompactor); a frame that fails its check is
+// reported as a CorruptError and never returned.
 //
 // # Concurrency
 //
