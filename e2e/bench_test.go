@@ -197,7 +197,7 @@ func benchRelayCPU(b *testing.B, consumers int) {
 		directCPU, directMB := cpuRun(b, primary, consumers, primary.Port, func() []int { return walsenderPIDs(b, primary) })
 		relayPID := relay.cmd.Process.Pid
 		target, _ := primary.CurrentLSN(ctx)
-		waitFor(b, time.Minute, "relay caught up", func() (bool, error) { return relayDurable(b, relay) >= target, nil })
+		waitRelayDurable(b, relay, target, time.Minute)
 		if p := os.Getenv("WALRELAY_PROFILE"); p != "" {
 			go saveProfile(b, relay, p)
 		}

@@ -43,9 +43,7 @@ func TestRelayChain(t *testing.T) {
 	}
 	assertConverged(t, primary, s1, s2)
 	target, _ := primary.CurrentLSN(ctx)
-	waitFor(t, 30*time.Second, "relay c durable at the primary's LSN", func() (bool, error) {
-		return relayDurable(t, c) >= target, nil
-	})
+	waitRelayDurable(t, c, target, 30*time.Second)
 	time.Sleep(time.Second)
 	direct.Stop()
 	chained.Stop()

@@ -10,8 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgconn"
-
 	"github.com/walrelay/walrelay/internal/pgcluster"
 )
 
@@ -24,21 +22,14 @@ func TestCorruptStoreSegmentRefetched(t *testing.T) {
 	primary := newPrimary(t, "primary", map[string]string{"wal_keep_size": "1GB"})
 	ctx := context.Background()
 	relay := startRelay(t, "r1", primary.ReplicationConnString(), "--memory-tail", "16MB")
-	conn, err := pgconn.Connect(ctx, relay.Conninfo()+" replication=true")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := conn.Exec(ctx, `CREATE_REPLICATION_SLOT "reader" PHYSICAL RESERVE_WAL`).ReadAll(); err != nil {
-		t.Fatal(err)
-	}
-	conn.Close(ctx)
+	createRelaySlot(t, relay, "reader")
 	// A few segments of WAL, so the first ones are compressed and out of
 	// the memory tail.
 	if err := primary.Exec(ctx, "CREATE TABLE filler AS SELECT g, repeat(md5(g::text), 4) AS pad FROM generate_series(1, 300000) g; SELECT pg_switch_wal()"); err != nil {
 		t.Fatal(err)
 	}
 	target, _ := primary.CurrentLSN(ctx)
-	waitFor(t, time.Minute, "relay caught up", func() (bool, error) { return relayDurable(t, relay) >= target, nil })
+	waitRelayDurable(t, relay, target, time.Minute)
 	walDir := filepath.Join(relay.DataDir, "wal")
 	var victim string
 	waitFor(t, 30*time.Second, "a compressed segment", func() (bool, error) {

@@ -41,9 +41,7 @@ func TestRelayKilledAndRestarted(t *testing.T) {
 		t.Fatal(err)
 	}
 	target, _ := primary.CurrentLSN(ctx)
-	waitFor(t, 30*time.Second, "relay durable at the primary's LSN", func() (bool, error) {
-		return relayDurable(t, relay) >= target, nil
-	})
+	waitRelayDurable(t, relay, target, 30*time.Second)
 	n, err := pgcluster.CompareSegments(filepath.Join(relay.DataDir, "wal"), filepath.Join(primary.DataDir, "pg_wal"))
 	if err != nil {
 		t.Fatal(err)

@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
+
 	"github.com/walrelay/walrelay/internal/pgcluster"
 )
 
@@ -128,9 +130,7 @@ func TestReceiveWALByteIdentical(t *testing.T) {
 		}
 	}
 	target, _ := primary.CurrentLSN(ctx)
-	waitFor(t, 60*time.Second, "relay durable at primary's LSN", func() (bool, error) {
-		return relayDurable(t, relay) >= target, nil
-	})
+	waitRelayDurable(t, relay, target, 60*time.Second)
 	time.Sleep(2 * time.Second) // let both receivers write what they were sent
 	if err := direct.Stop(); err != nil {
 		t.Logf("direct pg_receivewal: %v", err)
@@ -154,4 +154,26 @@ func relayDurable(t testing.TB, r *relayProc) uint64 {
 	var hi, lo uint32
 	fmt.Sscanf(s, "%X/%X", &hi, &lo)
 	return uint64(hi)<<32 | uint64(lo)
+}
+
+// waitRelayDurable waits until the relay's durable end reaches lsn.
+func waitRelayDurable(t testing.TB, r *relayProc, lsn uint64, timeout time.Duration) {
+	t.Helper()
+	waitFor(t, timeout, fmt.Sprintf("relay %s durable at %s", r.ID, fmtLSN(lsn)), func() (bool, error) {
+		return relayDurable(t, r) >= lsn, nil
+	})
+}
+
+// createRelaySlot creates a physical slot on the relay that reserves WAL.
+func createRelaySlot(t testing.TB, r *relayProc, name string) {
+	t.Helper()
+	ctx := context.Background()
+	conn, err := pgconn.Connect(ctx, r.Conninfo()+" replication=true")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	if _, err := conn.Exec(ctx, fmt.Sprintf(`CREATE_REPLICATION_SLOT %q PHYSICAL RESERVE_WAL`, name)).ReadAll(); err != nil {
+		t.Fatal(err)
+	}
 }

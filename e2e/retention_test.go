@@ -8,8 +8,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/jackc/pgx/v5/pgconn"
 )
 
 // Retention bounds hold: a relay-local slot whose client never comes back
@@ -20,19 +18,12 @@ func TestRetentionCapInvalidatesSlot(t *testing.T) {
 	primary := newPrimary(t, "primary", map[string]string{"max_wal_size": "1GB"})
 	ctx := context.Background()
 	relay := startRelay(t, "r1", primary.ReplicationConnString(), "--retain", "0", "--max-retained-size", "48MB")
-	conn, err := pgconn.Connect(ctx, relay.Conninfo()+" replication=true")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := conn.Exec(ctx, `CREATE_REPLICATION_SLOT "lagger" PHYSICAL RESERVE_WAL`).ReadAll(); err != nil {
-		t.Fatal(err)
-	}
-	conn.Close(ctx)
+	createRelaySlot(t, relay, "lagger")
 	if err := primary.Exec(ctx, "CREATE TABLE filler AS SELECT g, repeat(md5(g::text), 8) AS pad FROM generate_series(1, 400000) g"); err != nil {
 		t.Fatal(err)
 	}
 	target, _ := primary.CurrentLSN(ctx)
-	waitFor(t, time.Minute, "relay caught up", func() (bool, error) { return relayDurable(t, relay) >= target, nil })
+	waitRelayDurable(t, relay, target, time.Minute)
 	waitFor(t, 30*time.Second, "slot lagger invalidated", func() (bool, error) {
 		slots, _ := relay.Status(t)["slots"].([]any)
 		for _, s := range slots {

@@ -72,17 +72,9 @@ func (b *Backfiller) Refetch(ctx context.Context, tli TimeLineID, segNo uint64) 
 }
 
 func (b *Backfiller) fetch(ctx context.Context, id Identity, tli TimeLineID, from, to LSN, install func(TimeLineID, uint64, []byte) error) error {
-	pc, err := pgconn.ParseConfig(b.ConnString)
+	conn, err := connectReplication(ctx, b.ConnString, b.NodeID+"_backfill", nil)
 	if err != nil {
-		return err
-	}
-	pc.RuntimeParams["replication"] = "true"
-	pc.RuntimeParams["application_name"] = b.NodeID + "_backfill"
-	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	conn, err := pgconn.ConnectConfig(cctx, pc)
-	cancel()
-	if err != nil {
-		return fmt.Errorf("backfill: connect: %w", err)
+		return fmt.Errorf("backfill: %w", err)
 	}
 	defer conn.Close(context.Background())
 	sys, err := pglogrepl.IdentifySystem(ctx, conn)
@@ -92,14 +84,11 @@ func (b *Backfiller) fetch(ctx context.Context, id Identity, tli TimeLineID, fro
 	if sys.SystemID != fmt.Sprint(id.SystemID) {
 		return fmt.Errorf("backfill: upstream has system identifier %s, the store %d", sys.SystemID, id.SystemID)
 	}
-	hc, err := conn.Hijack()
+	cc, release, err := hijackCopy(ctx, conn)
 	if err != nil {
 		return err
 	}
-	defer hc.Conn.Close()
-	stop := context.AfterFunc(ctx, func() { hc.Conn.SetDeadline(time.Unix(1, 0)) })
-	defer stop()
-	cc := newCopyConn(hc.Conn)
+	defer release()
 	if err := cc.startCopy(ctx, fmt.Sprintf("START_REPLICATION PHYSICAL %s TIMELINE %d", from, tli)); err != nil {
 		var pgErr *pgconn.PgError
 		if errors.As(err, &pgErr) && pgErr.Code == "58P01" {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
 )
@@ -41,4 +42,40 @@ func ensureSlot(ctx context.Context, conn *pgconn.PgConn, slot string) error {
 		return fmt.Errorf("create replication slot %q: %w", slot, err)
 	}
 	return nil
+}
+
+// connectReplication opens a physical replication connection to connString
+// with the given startup parameters (application_name only where the
+// connection string sets none).
+func connectReplication(ctx context.Context, connString, appName string, params map[string]string) (*pgconn.PgConn, error) {
+	pc, err := pgconn.ParseConfig(connString)
+	if err != nil {
+		return nil, err
+	}
+	pc.RuntimeParams["replication"] = "true"
+	if _, ok := pc.RuntimeParams["application_name"]; !ok {
+		pc.RuntimeParams["application_name"] = appName
+	}
+	for k, v := range params {
+		pc.RuntimeParams[k] = v
+	}
+	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	conn, err := pgconn.ConnectConfig(cctx, pc)
+	if err != nil {
+		return nil, fmt.Errorf("connect: %w", err)
+	}
+	return conn, nil
+}
+
+// hijackCopy takes over an idle connection (every reply read, so nothing is
+// buffered in pgconn) to read a CopyBoth stream straight from the socket.
+// Cancelling ctx unblocks its reads. release closes the connection.
+func hijackCopy(ctx context.Context, conn *pgconn.PgConn) (cc *copyConn, release func(), err error) {
+	hc, err := conn.Hijack()
+	if err != nil {
+		return nil, nil, err
+	}
+	stop := context.AfterFunc(ctx, func() { hc.Conn.SetDeadline(time.Unix(1, 0)) })
+	return newCopyConn(hc.Conn), func() { stop(); hc.Conn.Close() }, nil
 }

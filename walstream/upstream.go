@@ -224,25 +224,16 @@ func (e *storeError) Unwrap() error { return e.err }
 
 // stream runs one connection: handshake, then the CopyBoth loop.
 func (u *Upstream) stream(ctx context.Context, log *slog.Logger) error {
-	pc, err := pgconn.ParseConfig(u.cfg.ConnString)
-	if err != nil {
-		return err
-	}
-	pc.RuntimeParams["replication"] = "true"
-	if _, ok := pc.RuntimeParams["application_name"]; !ok {
-		pc.RuntimeParams["application_name"] = u.cfg.NodeID
-	}
+	params := make(map[string]string, len(u.cfg.StartupParams)+1)
 	for k, v := range u.cfg.StartupParams {
-		pc.RuntimeParams[k] = v
+		params[k] = v
 	}
 	if u.cfg.Compression == CompressionZstd {
-		pc.RuntimeParams[CompressionParam] = CompressionZstd
+		params[CompressionParam] = CompressionZstd
 	}
-	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	conn, err := pgconn.ConnectConfig(cctx, pc)
-	cancel()
+	conn, err := connectReplication(ctx, u.cfg.ConnString, u.cfg.NodeID, params)
 	if err != nil {
-		return fmt.Errorf("connect: %w", err)
+		return err
 	}
 	defer conn.Close(context.Background())
 
@@ -254,16 +245,11 @@ func (u *Upstream) stream(ctx context.Context, log *slog.Logger) error {
 	if u.cfg.Slot != "" {
 		query = fmt.Sprintf("START_REPLICATION SLOT %s PHYSICAL %s TIMELINE %d", quoteIdent(u.cfg.Slot), start, tli)
 	}
-	// The connection is idle (every reply read), so nothing is buffered
-	// in pgconn: the stream can be read directly from the socket.
-	hc, err := conn.Hijack()
+	cc, release, err := hijackCopy(ctx, conn)
 	if err != nil {
 		return err
 	}
-	defer hc.Conn.Close()
-	stop := context.AfterFunc(ctx, func() { hc.Conn.SetDeadline(time.Unix(1, 0)) })
-	defer stop()
-	cc := newCopyConn(hc.Conn)
+	defer release()
 	compressed := conn.ParameterStatus(CompressionParam) == CompressionZstd
 	u.mu.Lock()
 	u.status.Compression = ""
