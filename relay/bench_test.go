@@ -163,9 +163,16 @@ func benchLagging(b *testing.B, opts walstream.StoreOptions) {
 				}
 			}()
 		}
-		go during()
+		duringDone := make(chan struct{})
+		go func() { defer close(duringDone); during() }()
 		deadline := time.Now().Add(d)
-		for time.Now().Before(deadline) {
+		// Append at the tip until d has passed and the other load is over.
+		for running := true; running || time.Now().Before(deadline); {
+			select {
+			case <-duringDone:
+				running = false
+			default:
+			}
 			// Timed from the moment the WAL is durable and published:
 			// delivery only, not the fsync.
 			f.appendRaw(b, chunk[:64<<10])
@@ -205,7 +212,7 @@ func benchLagging(b *testing.B, opts walstream.StoreOptions) {
 			var wg sync.WaitGroup
 			for _, c := range lagging {
 				wg.Add(1)
-				go func() { defer wg.Done(); c.drain(b, history) }()
+				go func() { defer wg.Done(); c.drain(b, history); c.nc.Close() }()
 			}
 			wg.Wait()
 			mbps = float64(50*history) / (1 << 20) / time.Since(t0).Seconds()

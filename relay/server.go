@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -126,6 +127,10 @@ type Server struct {
 	closing   bool
 	wg        sync.WaitGroup
 
+	// catchup hands out turns to children far behind the tip (see
+	// session.writeBatch).
+	catchup chan struct{}
+
 	// stopStreams is closed by Shutdown: streaming sessions finish sending
 	// what is durable and end the stream the way a walsender does.
 	stopStreams chan struct{}
@@ -152,6 +157,7 @@ func NewServer(cfg Config) (*Server, error) {
 		listeners:   make(map[net.Listener]struct{}),
 		sessions:    make(map[*session]struct{}),
 		stopStreams: make(chan struct{}),
+		catchup:     make(chan struct{}, max(1, runtime.GOMAXPROCS(0)/2)),
 	}
 	// Backend PIDs name clients' temporary slots (pg_basebackup_<pid>); a
 	// random base keeps them apart across relay restarts.

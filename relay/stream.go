@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"strconv"
 	"sync/atomic"
 	"time"
@@ -384,6 +385,10 @@ func (s *session) stream(tli walstream.TimeLineID, start walstream.LSN, slot str
 	}
 }
 
+// catchupLag is how far behind the durable end a child counts as catching
+// up rather than following the tip.
+const catchupLag = 4 << 20
+
 // walWriter frames XLogData messages straight from the store's memory into
 // one writev per batch: the WAL bytes are copied once, by the kernel.
 type walWriter struct {
@@ -456,18 +461,12 @@ func (s *session) sendWAL(w *walWriter, tli walstream.TimeLineID, pos, end walst
 		// pos < end, so the WAL should be there: do not spin.
 		return pos, errorf("58P01", "requested WAL at %s on timeline %d is not available on this relay", pos, tli)
 	}
-	s.conn.SetWriteDeadline(time.Now().Add(s.srv.cfg.SenderTimeout))
-	var wire int64
-	var err error
+	bufs := net.Buffers(iov)
 	if w.enc != nil {
-		var n int
-		n, err = s.conn.Write(w.zout)
-		wire = int64(n)
+		bufs = net.Buffers{w.zout}
 		w.zout = w.zout[:0]
-	} else {
-		bufs := net.Buffers(iov)
-		wire, err = bufs.WriteTo(s.conn)
 	}
+	wire, err := s.writeBatch(&bufs, end-pos > catchupLag)
 	if err != nil {
 		return pos, fmt.Errorf("send WAL at %s: %w", pos, err)
 	}
@@ -520,6 +519,32 @@ func (s *session) refetchCorrupt(tli walstream.TimeLineID, pos walstream.LSN, bu
 	s.log.Info("segment fetched again after corruption", "lsn", pos.String())
 	return s.srv.cfg.Source.Read(tli, pos, buf)
 }
+
+// writeBatch writes a batch. A child catching up (far behind the tip) first
+// takes one of the server's few catch-up turns, so that a crowd reading old
+// WAL cannot keep the children at the tip waiting for CPU; it holds the turn
+// only while its socket accepts data at once, then finishes the write
+// without it, so a stalled child never blocks the others.
+func (s *session) writeBatch(bufs *net.Buffers, catchingUp bool) (int64, error) {
+	var wrote int64
+	if catchingUp {
+		s.srv.catchup <- struct{}{}
+		s.conn.SetWriteDeadline(time.Now().Add(catchupTurn))
+		n, err := bufs.WriteTo(s.conn)
+		<-s.srv.catchup
+		wrote = n
+		if err == nil || !errors.Is(err, os.ErrDeadlineExceeded) {
+			return wrote, err
+		}
+	}
+	s.conn.SetWriteDeadline(time.Now().Add(s.srv.cfg.SenderTimeout))
+	n, err := bufs.WriteTo(s.conn)
+	return wrote + n, err
+}
+
+// catchupTurn is how long a catching-up child may hold its turn waiting for
+// its socket.
+const catchupTurn = 20 * time.Millisecond
 
 // appendCompressed adds one 'z' message for data to w.zout.
 func (w *walWriter) appendCompressed(pos, end walstream.LSN, now int64, data []byte) error {
