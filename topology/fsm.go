@@ -60,11 +60,18 @@ type Tree struct {
 	Primary  string           `json:"primary,omitempty"`
 	Timeline uint32           `json:"timeline,omitempty"`
 	Nodes    map[string]*Node `json:"nodes"`
+	// Managers maps each manager's Raft server ID to its HTTP address, so
+	// any member can forward writes to the leader.
+	Managers map[string]string `json:"managers,omitempty"`
 }
 
 // Clone returns a deep copy.
 func (t *Tree) Clone() *Tree {
-	c := &Tree{Epoch: t.Epoch, Primary: t.Primary, Timeline: t.Timeline, Nodes: make(map[string]*Node, len(t.Nodes))}
+	c := &Tree{Epoch: t.Epoch, Primary: t.Primary, Timeline: t.Timeline, Nodes: make(map[string]*Node, len(t.Nodes)),
+		Managers: make(map[string]string, len(t.Managers))}
+	for k, v := range t.Managers {
+		c.Managers[k] = v
+	}
 	for k, n := range t.Nodes {
 		nn := *n
 		c.Nodes[k] = &nn
@@ -103,6 +110,7 @@ const (
 	OpRemove        Op = "remove"         // Name
 	OpSetState      Op = "set_state"      // Name, State
 	OpAssign        Op = "assign"         // Assignments (placement), or Name+Parent+Pinned (move)
+	OpManager       Op = "manager"        // Name (Raft server ID), Conninfo (HTTP address); empty Conninfo removes
 )
 
 // Command is one Raft log entry.
@@ -134,15 +142,28 @@ type ApplyResult struct {
 
 // FSM is the Raft state machine of the tree. Reads take a consistent copy.
 type FSM struct {
-	mu   sync.RWMutex
-	tree *Tree
+	mu      sync.RWMutex
+	tree    *Tree
+	changed chan struct{} // closed and replaced on every new epoch
 }
 
 var _ raft.FSM = (*FSM)(nil)
 
 // NewFSM returns an empty tree at epoch 0.
 func NewFSM() *FSM {
-	return &FSM{tree: &Tree{Nodes: make(map[string]*Node)}}
+	return &FSM{tree: &Tree{Nodes: make(map[string]*Node), Managers: map[string]string{}}, changed: make(chan struct{})}
+}
+
+// Changed returns a channel closed when the tree next changes.
+func (f *FSM) Changed() <-chan struct{} {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return f.changed
+}
+
+func (f *FSM) notify() {
+	close(f.changed)
+	f.changed = make(chan struct{})
 }
 
 // Tree returns a copy of the current tree.
@@ -171,6 +192,7 @@ func (f *FSM) Apply(l *raft.Log) any {
 	}
 	next.Epoch = f.tree.Epoch + 1
 	f.tree = next
+	f.notify()
 	return ApplyResult{Epoch: next.Epoch}
 }
 
@@ -257,6 +279,15 @@ func apply(t *Tree, c Command) error {
 		if err := checkAcyclic(t); err != nil {
 			return err
 		}
+	case OpManager:
+		if c.Name == "" {
+			return errors.New("manager: empty id")
+		}
+		if c.Conninfo == "" {
+			delete(t.Managers, c.Name)
+		} else {
+			t.Managers[c.Name] = c.Conninfo
+		}
 	default:
 		return fmt.Errorf("unknown op %q", c.Op)
 	}
@@ -329,8 +360,12 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 	if t.Nodes == nil {
 		t.Nodes = make(map[string]*Node)
 	}
+	if t.Managers == nil {
+		t.Managers = map[string]string{}
+	}
 	f.mu.Lock()
 	f.tree = &t
+	f.notify()
 	f.mu.Unlock()
 	return nil
 }

@@ -1,0 +1,173 @@
+package topology
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/hashicorp/raft"
+)
+
+// TreeResponse is GET /v1/tree: the tree as this member has applied it.
+type TreeResponse struct {
+	Tree        *Tree  `json:"tree"`
+	Member      string `json:"member"`
+	Leader      string `json:"leader"`
+	CommitIndex uint64 `json:"commit_index"`
+	AppliedIdx  uint64 `json:"applied_index"`
+}
+
+// CommandResponse is POST /v1/command's answer.
+type CommandResponse struct {
+	Epoch uint64 `json:"epoch"`
+	Error string `json:"error,omitempty"`
+}
+
+// JoinRequest is POST /v1/join.
+type JoinRequest struct {
+	ID       string `json:"id"`
+	RaftAddr string `json:"raft_addr"`
+	HTTPAddr string `json:"http_addr"`
+}
+
+func (m *Manager) api() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /v1/tree", m.handleTree)
+	mux.HandleFunc("GET /v1/watch", m.handleWatch)
+	mux.HandleFunc("POST /v1/command", m.handleCommand)
+	mux.HandleFunc("POST /v1/join", m.handleJoin)
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("ok\n")) })
+	return mux
+}
+
+func (m *Manager) treeResponse() TreeResponse {
+	_, leaderID := m.raft.LeaderWithID()
+	return TreeResponse{Tree: m.fsm.Tree(), Member: m.cfg.NodeID, Leader: string(leaderID),
+		CommitIndex: m.raft.CommitIndex(), AppliedIdx: m.raft.AppliedIndex()}
+}
+
+func (m *Manager) handleTree(w http.ResponseWriter, _ *http.Request) {
+	writeJSON(w, http.StatusOK, m.treeResponse())
+}
+
+// handleWatch long-polls: it answers once the epoch is above ?epoch= or
+// after ?timeout= (default 30 s).
+func (m *Manager) handleWatch(w http.ResponseWriter, r *http.Request) {
+	epoch, _ := strconv.ParseUint(r.URL.Query().Get("epoch"), 10, 64)
+	timeout := 30 * time.Second
+	if d, err := time.ParseDuration(r.URL.Query().Get("timeout")); err == nil && d > 0 && d < 5*time.Minute {
+		timeout = d
+	}
+	deadline := time.After(timeout)
+	for {
+		changed := m.fsm.Changed()
+		if m.fsm.Tree().Epoch > epoch {
+			break
+		}
+		select {
+		case <-changed:
+			continue
+		case <-deadline:
+		case <-r.Context().Done():
+			return
+		}
+		break
+	}
+	writeJSON(w, http.StatusOK, m.treeResponse())
+}
+
+// leaderURL is the leader's API address, or "" when it is this member or
+// unknown.
+func (m *Manager) leaderURL() (string, bool) {
+	if m.raft.State() == raft.Leader {
+		return "", true
+	}
+	_, id := m.raft.LeaderWithID()
+	if id == "" {
+		return "", false
+	}
+	url, ok := m.fsm.Tree().Managers[string(id)]
+	return url, ok
+}
+
+// forward sends a write to the leader and relays its answer.
+func (m *Manager) forward(w http.ResponseWriter, r *http.Request, body []byte) bool {
+	url, ok := m.leaderURL()
+	if url == "" {
+		if !ok {
+			writeJSON(w, http.StatusServiceUnavailable, CommandResponse{Error: "no leader: the managers cannot reach a quorum"})
+			return true
+		}
+		return false
+	}
+	resp, err := http.Post(url+r.URL.Path, "application/json", bytes.NewReader(body))
+	if err != nil {
+		writeJSON(w, http.StatusBadGateway, CommandResponse{Error: fmt.Sprintf("forward to leader %s: %v", url, err)})
+		return true
+	}
+	defer resp.Body.Close()
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(resp.StatusCode)
+	io.Copy(w, resp.Body)
+	return true
+}
+
+func (m *Manager) handleCommand(w http.ResponseWriter, r *http.Request) {
+	body, err := io.ReadAll(io.LimitReader(r.Body, 1<<20))
+	if err != nil {
+		writeJSON(w, http.StatusBadRequest, CommandResponse{Error: err.Error()})
+		return
+	}
+	var c Command
+	if err := json.Unmarshal(body, &c); err != nil {
+		writeJSON(w, http.StatusBadRequest, CommandResponse{Error: "invalid command: " + err.Error()})
+		return
+	}
+	if m.forward(w, r, body) {
+		return
+	}
+	f := m.raft.Apply(c.Encode(), 10*time.Second)
+	if err := f.Error(); err != nil {
+		writeJSON(w, http.StatusServiceUnavailable, CommandResponse{Error: err.Error()})
+		return
+	}
+	res := f.Response().(ApplyResult)
+	if res.Err != nil {
+		writeJSON(w, http.StatusConflict, CommandResponse{Epoch: res.Epoch, Error: res.Err.Error()})
+		return
+	}
+	writeJSON(w, http.StatusOK, CommandResponse{Epoch: res.Epoch})
+}
+
+func (m *Manager) handleJoin(w http.ResponseWriter, r *http.Request) {
+	body, _ := io.ReadAll(io.LimitReader(r.Body, 1<<16))
+	var j JoinRequest
+	if err := json.Unmarshal(body, &j); err != nil || j.ID == "" || j.RaftAddr == "" || j.HTTPAddr == "" {
+		writeJSON(w, http.StatusBadRequest, CommandResponse{Error: "join needs id, raft_addr and http_addr"})
+		return
+	}
+	if m.forward(w, r, body) {
+		return
+	}
+	if err := m.raft.AddVoter(raft.ServerID(j.ID), raft.ServerAddress(j.RaftAddr), 0, 10*time.Second).Error(); err != nil {
+		writeJSON(w, http.StatusServiceUnavailable, CommandResponse{Error: "add voter: " + err.Error()})
+		return
+	}
+	f := m.raft.Apply(Command{Op: OpManager, Name: j.ID, Conninfo: j.HTTPAddr}.Encode(), 10*time.Second)
+	if err := f.Error(); err != nil {
+		writeJSON(w, http.StatusServiceUnavailable, CommandResponse{Error: err.Error()})
+		return
+	}
+	m.log.Info("member joined", "id", j.ID, "raft", j.RaftAddr, "http", j.HTTPAddr)
+	writeJSON(w, http.StatusOK, CommandResponse{Epoch: f.Response().(ApplyResult).Epoch})
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	json.NewEncoder(w).Encode(v)
+}

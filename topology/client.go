@@ -1,0 +1,93 @@
+package topology
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+	"time"
+)
+
+// Client talks to the manager cluster, trying each URL in turn.
+type Client struct {
+	URLs []string
+	HTTP *http.Client // nil: a client with a 40 s timeout
+}
+
+// ErrUnreachable means no manager answered.
+var ErrUnreachable = errors.New("no manager reachable")
+
+func (c *Client) http() *http.Client {
+	if c.HTTP != nil {
+		return c.HTTP
+	}
+	return &http.Client{Timeout: 40 * time.Second}
+}
+
+// do runs one request against each URL until one answers; a 4xx answer is
+// final (the command is wrong), a 5xx one tries the next member.
+func (c *Client) do(ctx context.Context, method, path string, body, out any) error {
+	var payload []byte
+	if body != nil {
+		payload, _ = json.Marshal(body)
+	}
+	var errs []string
+	for _, base := range c.URLs {
+		req, err := http.NewRequestWithContext(ctx, method, strings.TrimRight(base, "/")+path, bytes.NewReader(payload))
+		if err != nil {
+			return err
+		}
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := c.http().Do(req)
+		if err != nil {
+			errs = append(errs, err.Error())
+			continue
+		}
+		var cr CommandResponse
+		func() {
+			defer resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				err = json.NewDecoder(resp.Body).Decode(out)
+				return
+			}
+			json.NewDecoder(resp.Body).Decode(&cr)
+			err = fmt.Errorf("%s: %s %s", base, resp.Status, cr.Error)
+		}()
+		if err == nil {
+			return nil
+		}
+		if resp.StatusCode >= 400 && resp.StatusCode < 500 {
+			return err
+		}
+		errs = append(errs, err.Error())
+	}
+	return fmt.Errorf("%w: %s", ErrUnreachable, strings.Join(errs, "; "))
+}
+
+// Tree reads the tree from the first member that answers.
+func (c *Client) Tree(ctx context.Context) (*TreeResponse, error) {
+	var tr TreeResponse
+	return &tr, c.do(ctx, http.MethodGet, "/v1/tree", nil, &tr)
+}
+
+// Watch waits for an epoch above epoch (or the server's timeout).
+func (c *Client) Watch(ctx context.Context, epoch uint64) (*TreeResponse, error) {
+	var tr TreeResponse
+	return &tr, c.do(ctx, http.MethodGet, fmt.Sprintf("/v1/watch?epoch=%d", epoch), nil, &tr)
+}
+
+// Apply commits a command through the leader and returns the new epoch.
+func (c *Client) Apply(ctx context.Context, cmd Command) (uint64, error) {
+	var cr CommandResponse
+	err := c.do(ctx, http.MethodPost, "/v1/command", cmd, &cr)
+	return cr.Epoch, err
+}
+
+// Join asks the cluster to add a member.
+func (c *Client) Join(ctx context.Context, j JoinRequest) error {
+	var cr CommandResponse
+	return c.do(ctx, http.MethodPost, "/v1/join", j, &cr)
+}

@@ -1,0 +1,178 @@
+package topology
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/raft"
+	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
+)
+
+// ManagerConfig configures one member of the manager cluster.
+type ManagerConfig struct {
+	NodeID   string // Raft server ID
+	RaftAddr string // host:port for Raft traffic (advertised as given)
+	HTTPAddr string // host:port for the API
+	DataDir  string // Raft log, stable store and snapshots
+	// Bootstrap makes this member form a new one-member cluster when it
+	// has no state yet. Join lists other members' API URLs to ask for
+	// membership instead.
+	Bootstrap bool
+	Join      []string
+	Logger    *slog.Logger
+}
+
+// Validate checks the configuration.
+func (c *ManagerConfig) Validate() error {
+	if c.NodeID == "" || c.RaftAddr == "" || c.HTTPAddr == "" || c.DataDir == "" {
+		return errors.New("manager: node id, raft address, http address and data dir are required")
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	return nil
+}
+
+// Manager is one member of the Raft cluster that owns the tree, with its
+// HTTP API. Any member answers reads; writes go to the leader.
+type Manager struct {
+	cfg   ManagerConfig
+	log   *slog.Logger
+	fsm   *FSM
+	raft  *raft.Raft
+	store *raftboltdb.BoltStore
+	trans *raft.NetworkTransport
+	ln    net.Listener
+	http  *http.Server
+}
+
+// NewManager opens the member's state and binds its listeners.
+func NewManager(cfg ManagerConfig) (*Manager, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, err
+	}
+	m := &Manager{cfg: cfg, log: cfg.Logger.With("manager", cfg.NodeID), fsm: NewFSM()}
+	var err error
+	if m.store, err = raftboltdb.New(raftboltdb.Options{Path: filepath.Join(cfg.DataDir, "raft.db")}); err != nil {
+		return nil, fmt.Errorf("open raft store: %w", err)
+	}
+	snaps, err := raft.NewFileSnapshotStore(cfg.DataDir, 2, io.Discard)
+	if err != nil {
+		m.store.Close()
+		return nil, fmt.Errorf("open snapshot store: %w", err)
+	}
+	addr, err := net.ResolveTCPAddr("tcp", cfg.RaftAddr)
+	if err != nil {
+		m.store.Close()
+		return nil, fmt.Errorf("raft address: %w", err)
+	}
+	if m.trans, err = raft.NewTCPTransport(cfg.RaftAddr, addr, 3, 10*time.Second, io.Discard); err != nil {
+		m.store.Close()
+		return nil, fmt.Errorf("raft transport: %w", err)
+	}
+	rc := raft.DefaultConfig()
+	rc.LocalID = raft.ServerID(cfg.NodeID)
+	rc.HeartbeatTimeout = 500 * time.Millisecond
+	rc.ElectionTimeout = 500 * time.Millisecond
+	rc.LeaderLeaseTimeout = 250 * time.Millisecond
+	rc.Logger = hclog.New(&hclog.LoggerOptions{Output: io.Discard})
+	has, err := raft.HasExistingState(m.store, m.store, snaps)
+	if err != nil {
+		m.close()
+		return nil, err
+	}
+	if m.raft, err = raft.NewRaft(rc, m.fsm, m.store, m.store, snaps, m.trans); err != nil {
+		m.close()
+		return nil, fmt.Errorf("start raft: %w", err)
+	}
+	if cfg.Bootstrap && !has {
+		boot := raft.Configuration{Servers: []raft.Server{{ID: rc.LocalID, Address: m.trans.LocalAddr()}}}
+		if err := m.raft.BootstrapCluster(boot).Error(); err != nil {
+			m.close()
+			return nil, fmt.Errorf("bootstrap: %w", err)
+		}
+	}
+	if m.ln, err = net.Listen("tcp", cfg.HTTPAddr); err != nil {
+		m.close()
+		return nil, fmt.Errorf("listen: %w", err)
+	}
+	m.http = &http.Server{Handler: m.api(), ReadHeaderTimeout: 10 * time.Second}
+	return m, nil
+}
+
+func (m *Manager) close() {
+	if m.raft != nil {
+		m.raft.Shutdown().Error()
+	}
+	if m.trans != nil {
+		m.trans.Close()
+	}
+	m.store.Close()
+}
+
+// Run serves the API and keeps this member's record in the tree until ctx
+// ends.
+func (m *Manager) Run(ctx context.Context) error {
+	errc := make(chan error, 1)
+	go func() {
+		if err := m.http.Serve(m.ln); !errors.Is(err, http.ErrServerClosed) {
+			errc <- err
+		}
+		close(errc)
+	}()
+	m.log.Info("manager started", "raft", m.cfg.RaftAddr, "http", m.ln.Addr().String(), "bootstrap", m.cfg.Bootstrap)
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			m.http.Shutdown(sctx)
+			cancel()
+			<-errc
+			m.close()
+			return nil
+		case err := <-errc:
+			m.close()
+			return err
+		case <-t.C:
+			m.ensureMembership(ctx)
+		}
+	}
+}
+
+// ensureMembership joins the cluster through Join URLs until this member is
+// in the configuration, and makes sure its HTTP address is in the tree.
+func (m *Manager) ensureMembership(ctx context.Context) {
+	if m.fsm.Tree().Managers[m.cfg.NodeID] == "http://"+m.advertisedHTTP() {
+		return
+	}
+	if m.raft.State() == raft.Leader {
+		m.raft.Apply(Command{Op: OpManager, Name: m.cfg.NodeID, Conninfo: "http://" + m.advertisedHTTP()}.Encode(), 5*time.Second)
+		return
+	}
+	if len(m.cfg.Join) == 0 {
+		return
+	}
+	c := &Client{URLs: m.cfg.Join}
+	if err := c.Join(ctx, JoinRequest{ID: m.cfg.NodeID, RaftAddr: string(m.trans.LocalAddr()), HTTPAddr: "http://" + m.advertisedHTTP()}); err != nil {
+		m.log.Warn("join failed; retrying", "err", err)
+	}
+}
+
+func (m *Manager) advertisedHTTP() string { return m.ln.Addr().String() }
+
+// Addr is the API's address.
+func (m *Manager) Addr() string { return m.ln.Addr().String() }
