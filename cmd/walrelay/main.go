@@ -26,7 +26,8 @@ func newRootCmd() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newRelayCmd(), newVersionCmd(), newDemoCmd())
+	root.AddCommand(newRelayCmd(), newVersionCmd(), newDemoCmd(),
+		newManagerCmd(), newTreeCmd(), newPrimaryCmd(), newStandbyCmd(), newMoveCmd())
 	return root
 }
 

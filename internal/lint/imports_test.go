@@ -24,7 +24,7 @@ var allowed = map[string][]string{
 	"internal/fsutil":    {},
 	"internal/waltest":   {},
 	"internal/pgcluster": {},
-	"e2e":                {"internal/pgcluster", "walstream", "relay"},
+	"e2e":                {"internal/pgcluster", "walstream", "relay", "topology"},
 	"internal/lint":      {},
 }
 
