@@ -40,6 +40,7 @@ func (m *Manager) api() http.Handler {
 	mux.HandleFunc("GET /v1/watch", m.handleWatch)
 	mux.HandleFunc("POST /v1/command", m.handleCommand)
 	mux.HandleFunc("POST /v1/join", m.handleJoin)
+	mux.HandleFunc("POST /v1/heartbeat", m.handleHeartbeat)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("ok\n")) })
 	return mux
 }

@@ -91,3 +91,9 @@ func (c *Client) Join(ctx context.Context, j JoinRequest) error {
 	var cr CommandResponse
 	return c.do(ctx, http.MethodPost, "/v1/join", j, &cr)
 }
+
+// Heartbeat reports that the named node is alive.
+func (c *Client) Heartbeat(ctx context.Context, name string) error {
+	var cr CommandResponse
+	return c.do(ctx, http.MethodPost, "/v1/heartbeat", HeartbeatRequest{Name: name}, &cr)
+}

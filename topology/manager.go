@@ -28,7 +28,12 @@ type ManagerConfig struct {
 	// membership instead.
 	Bootstrap bool
 	Join      []string
-	Logger    *slog.Logger
+	// FailureTimeout marks a relay failed after this long without a
+	// heartbeat. Default 5 s.
+	FailureTimeout time.Duration
+	// Policy is what placement keeps the tree to.
+	Policy Policy
+	Logger *slog.Logger
 }
 
 // Validate checks the configuration.
@@ -38,6 +43,9 @@ func (c *ManagerConfig) Validate() error {
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.FailureTimeout <= 0 {
+		c.FailureTimeout = 5 * time.Second
 	}
 	return nil
 }
@@ -53,6 +61,7 @@ type Manager struct {
 	trans *raft.NetworkTransport
 	ln    net.Listener
 	http  *http.Server
+	live  liveness
 }
 
 // NewManager opens the member's state and binds its listeners.
@@ -63,7 +72,8 @@ func NewManager(cfg ManagerConfig) (*Manager, error) {
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, err
 	}
-	m := &Manager{cfg: cfg, log: cfg.Logger.With("manager", cfg.NodeID), fsm: NewFSM()}
+	m := &Manager{cfg: cfg, log: cfg.Logger.With("manager", cfg.NodeID), fsm: NewFSM(),
+		live: liveness{lastSeen: map[string]time.Time{}}}
 	var err error
 	if m.store, err = raftboltdb.New(raftboltdb.Options{Path: filepath.Join(cfg.DataDir, "raft.db")}); err != nil {
 		return nil, fmt.Errorf("open raft store: %w", err)
@@ -133,6 +143,10 @@ func (m *Manager) Run(ctx context.Context) error {
 		close(errc)
 	}()
 	m.log.Info("manager started", "raft", m.cfg.RaftAddr, "http", m.ln.Addr().String(), "bootstrap", m.cfg.Bootstrap)
+	sctx, stopSupervise := context.WithCancel(ctx)
+	superviseDone := make(chan struct{})
+	go func() { defer close(superviseDone); m.supervise(sctx, 500*time.Millisecond) }()
+	defer func() { stopSupervise(); <-superviseDone }()
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
 	for {

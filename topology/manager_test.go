@@ -4,6 +4,7 @@ import (
 	"context"
 	"net"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 )
@@ -28,7 +29,7 @@ type runningManager struct {
 func startManager(t *testing.T, id string, bootstrap bool, join []string) *runningManager {
 	t.Helper()
 	m, err := NewManager(ManagerConfig{NodeID: id, RaftAddr: freeAddr(t), HTTPAddr: freeAddr(t),
-		DataDir: filepath.Join(t.TempDir(), id), Bootstrap: bootstrap, Join: join})
+		DataDir: filepath.Join(t.TempDir(), id), Bootstrap: bootstrap, Join: join, FailureTimeout: time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -133,4 +134,68 @@ func TestManagerCluster(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Error("watch did not return on a change")
 	}
+}
+
+// A relay that stops heartbeating is marked failed and its children are
+// re-assigned to a healthy relay; when it comes back it is alive again, as a
+// leaf.
+func TestManagerReparentsOnRelayFailure(t *testing.T) {
+	m1 := startManager(t, "m1", true, nil)
+	c := &Client{URLs: []string{m1.url}}
+	ctx := context.Background()
+	eventually(t, "leader", func() bool { tr, err := c.Tree(ctx); return err == nil && tr.Leader == "m1" })
+	for _, cmd := range []Command{
+		{Op: OpSetPrimary, Name: "pg1"},
+		{Op: OpRegisterRelay, Name: "r1"},
+		{Op: OpRegisterRelay, Name: "r2"},
+		{Op: OpAddStandby, Name: "s1"},
+		{Op: OpAddStandby, Name: "s2"},
+	} {
+		if _, err := c.Apply(ctx, cmd); err != nil {
+			t.Fatal(err)
+		}
+	}
+	beating := map[string]bool{"r1": true, "r2": true}
+	var mu sync.Mutex
+	hbCtx, stopHB := context.WithCancel(ctx)
+	defer stopHB()
+	go func() {
+		for hbCtx.Err() == nil {
+			mu.Lock()
+			for name, on := range beating {
+				if on {
+					c.Heartbeat(hbCtx, name)
+				}
+			}
+			mu.Unlock()
+			time.Sleep(200 * time.Millisecond)
+		}
+	}()
+	parentOf := func(name string) string {
+		tr, err := c.Tree(ctx)
+		if err != nil || tr.Tree.Nodes[name] == nil {
+			return ""
+		}
+		return tr.Tree.Nodes[name].Parent
+	}
+	eventually(t, "initial placement", func() bool {
+		return parentOf("r1") == "pg1" && parentOf("r2") == "pg1" && parentOf("s1") != "" && parentOf("s2") != ""
+	})
+	if parentOf("s1") == parentOf("s2") {
+		t.Errorf("both standbys on %s: placement should spread them", parentOf("s1"))
+	}
+	mu.Lock()
+	beating["r1"] = false
+	mu.Unlock()
+	eventually(t, "r1 failed and its children moved to r2", func() bool {
+		tr, err := c.Tree(ctx)
+		return err == nil && tr.Tree.Nodes["r1"].State == StateFailed && parentOf("s1") == "r2" && parentOf("s2") == "r2"
+	})
+	mu.Lock()
+	beating["r1"] = true
+	mu.Unlock()
+	eventually(t, "r1 alive again as a leaf", func() bool {
+		tr, err := c.Tree(ctx)
+		return err == nil && tr.Tree.Nodes["r1"].State == StateAlive && len(tr.Tree.Children("r1")) == 0
+	})
 }

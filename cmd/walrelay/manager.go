@@ -51,6 +51,9 @@ func newManagerCmd() *cobra.Command {
 	fl.BoolVar(&cfg.Bootstrap, "bootstrap", false, "form a new cluster with this member (first member only)")
 	fl.StringVar(&join, "join", "", "API URL(s) of existing members to join, comma-separated")
 	fl.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	fl.DurationVar(&cfg.FailureTimeout, "failure-timeout", 5*time.Second, "mark a relay failed after this long without a heartbeat")
+	fl.IntVar(&cfg.Policy.MaxChildren, "max-children", 8, "placement: most children per relay")
+	fl.IntVar(&cfg.Policy.MaxDepth, "max-depth", 3, "placement: most relays between the primary and any node")
 	cmd.MarkFlagRequired("node-id")
 	cmd.MarkFlagRequired("data-dir")
 	return cmd
