@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -21,7 +22,7 @@ type managerProc struct {
 	done    chan error
 }
 
-func startManagerProc(t *testing.T, id string, join string) *managerProc {
+func startManagerProc(t *testing.T, id string, join string, extra ...string) *managerProc {
 	t.Helper()
 	if relayBuildErr != nil {
 		t.Fatal(relayBuildErr)
@@ -35,6 +36,7 @@ func startManagerProc(t *testing.T, id string, join string) *managerProc {
 	} else {
 		args = append(args, "--join", join)
 	}
+	args = append(args, extra...)
 	logPath := filepath.Join(testDir(t), "mgr-"+id+".log")
 	logf, err := os.Create(logPath)
 	if err != nil {
@@ -140,5 +142,61 @@ func TestManagersAndTreeCLI(t *testing.T) {
 	})
 	if out, err := walrelayCLI("tree", "--manager", "http://127.0.0.1:1"); err == nil {
 		t.Errorf("tree with no manager reachable exited 0: %s", out)
+	}
+}
+
+// Relays under management: they register and take the parent the managers
+// assign. SIGKILL the relay that has a child relay: the managers mark it
+// failed, re-assign the child, which switches upstream live, and the
+// standby below converges with matching checksums.
+func TestManagedRelayReparentedOnFailure(t *testing.T) {
+	requirePG(t)
+	primary := newPgbenchPrimary(t, 1)
+	ctx := context.Background()
+	m := startManagerProc(t, "m1", "", "--failure-timeout", "2s")
+	waitFor(t, 20*time.Second, "manager leader", func() (bool, error) {
+		_, err := walrelayCLI("tree", "--manager", m.url)
+		return err == nil, nil
+	})
+	if out, err := walrelayCLI("primary", "set", "pg", "--conninfo", primary.ReplicationConnString(), "--manager", m.url); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	r1 := startRelay(t, "r1", "", "--manager", m.url)
+	startRelay(t, "r2", "", "--manager", m.url) // a healthy relay the child can move to
+	r3 := startRelay(t, "r3", "", "--manager", m.url)
+	if out, err := walrelayCLI("move", "r3", "--to", "r1", "--manager", m.url); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	upstreamPort := func(r *relayProc) string {
+		up, _ := r.Status(t)["upstream"].(map[string]any)
+		target, _ := up["target"].(string)
+		if up["state"] != "streaming" {
+			return ""
+		}
+		return target
+	}
+	waitFor(t, 30*time.Second, "r3 streaming from r1", func() (bool, error) {
+		return strings.Contains(upstreamPort(r3), fmt.Sprintf("port=%d", r1.Port())), nil
+	})
+	s := newStandby(t, primary, "s", r3.Conninfo())
+	waitStreaming(t, r3, 1, 30*time.Second)
+	load := make(chan error, 1)
+	go func() { load <- primary.Pgbench(ctx, 2, 8*time.Second) }()
+	time.Sleep(2 * time.Second)
+	r1.Kill()
+	killed := time.Now()
+	waitFor(t, 30*time.Second, "r3 streaming from a new parent", func() (bool, error) {
+		target := upstreamPort(r3)
+		return target != "" && !strings.Contains(target, fmt.Sprintf("port=%d", r1.Port())), nil
+	})
+	t.Logf("r3 streams from %q %.1fs after r1 was killed", upstreamPort(r3), time.Since(killed).Seconds())
+	if err := <-load; err != nil {
+		t.Fatal(err)
+	}
+	assertConverged(t, primary, s)
+	out, _ := walrelayCLI("tree", "--manager", m.url)
+	t.Logf("tree:\n%s", out)
+	if !strings.Contains(out, "failed") {
+		t.Errorf("r1 not shown failed")
 	}
 }

@@ -15,7 +15,10 @@ import (
 // nearest ancestor that is a PostgreSQL server; the WAL part of
 // `pg_basebackup -X stream` is served by this relay from its own store.
 func (s *session) baseBackup(cmd Command) error {
-	conninfo := s.srv.cfg.UpstreamConnString
+	var conninfo string
+	if f := s.srv.cfg.UpstreamConnString; f != nil {
+		conninfo = f()
+	}
 	if conninfo == "" {
 		return errorf("0A000", "BASE_BACKUP is not available on this relay: take the base backup from the primary or a standby (pg_basebackup -h PRIMARY), then point primary_conninfo at the relay")
 	}

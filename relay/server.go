@@ -67,9 +67,9 @@ type Config struct {
 	// Backfill, if set, serves requests for WAL older than the source holds
 	// by fetching it from upstream first.
 	Backfill Backfiller
-	// UpstreamConnString is the parent's connection string, used to pass
-	// BASE_BACKUP through; empty refuses BASE_BACKUP.
-	UpstreamConnString string
+	// UpstreamConnString returns the parent's connection string, used to
+	// pass BASE_BACKUP through; nil or "" refuses BASE_BACKUP.
+	UpstreamConnString func() string
 	// Credentials: nil or empty trusts loopback clients only.
 	Credentials *Credentials
 	// FeedbackFrom selects the children whose hot standby feedback is

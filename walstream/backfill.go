@@ -18,7 +18,8 @@ import (
 // WAL is gone, as long as some ancestor still has it. A parent that is a
 // relay backfills in turn.
 type Backfiller struct {
-	ConnString string
+	// ConnString returns the parent's current connection string.
+	ConnString func() string
 	NodeID     string
 	Store      *Store
 	Logger     *slog.Logger
@@ -72,7 +73,11 @@ func (b *Backfiller) Refetch(ctx context.Context, tli TimeLineID, segNo uint64) 
 }
 
 func (b *Backfiller) fetch(ctx context.Context, id Identity, tli TimeLineID, from, to LSN, install func(TimeLineID, uint64, []byte) error) error {
-	conn, err := connectReplication(ctx, b.ConnString, b.NodeID+"_backfill", nil)
+	cs := b.ConnString()
+	if cs == "" {
+		return errors.New("backfill: no parent assigned yet")
+	}
+	conn, err := connectReplication(ctx, cs, b.NodeID+"_backfill", nil)
 	if err != nil {
 		return fmt.Errorf("backfill: %w", err)
 	}

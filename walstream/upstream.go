@@ -18,7 +18,8 @@ import (
 // UpstreamConfig configures the replication client that feeds a Store.
 type UpstreamConfig struct {
 	// ConnString is the parent's libpq connection string (keyword/value or
-	// URI); replication=true is added.
+	// URI); replication=true is added. Empty: wait for SetConnString (a
+	// relay whose parent the managers assign).
 	ConnString string
 	// NodeID names this relay upstream: application_name and slot name.
 	NodeID string
@@ -47,11 +48,10 @@ type UpstreamConfig struct {
 
 // Validate checks the configuration and fills in defaults.
 func (c *UpstreamConfig) Validate() error {
-	if c.ConnString == "" {
-		return errors.New("upstream connection string is empty")
-	}
-	if _, err := pgconn.ParseConfig(c.ConnString); err != nil {
-		return fmt.Errorf("upstream connection string: %w", err)
+	if c.ConnString != "" {
+		if _, err := pgconn.ParseConfig(c.ConnString); err != nil {
+			return fmt.Errorf("upstream connection string: %w", err)
+		}
 	}
 	if c.NodeID == "" {
 		return errors.New("node id is empty")
@@ -117,6 +117,13 @@ type Upstream struct {
 	target string
 	m      *upstreamMetrics
 
+	// The parent can change while running (SetConnString); connMu guards
+	// these.
+	connMu       sync.Mutex
+	connString   string
+	connChanged  chan struct{}
+	cancelStream context.CancelFunc
+
 	serverEnd atomic.Uint64 // parent's reported flush position
 	lastFull  bool          // the last WAL message was MaxSendSize long (copyLoop only)
 	rawBytes  atomic.Uint64
@@ -130,11 +137,51 @@ func NewUpstream(cfg UpstreamConfig, store *Store) (*Upstream, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	pc, _ := pgconn.ParseConfig(cfg.ConnString)
-	target := fmt.Sprintf("host=%s port=%d user=%s", pc.Host, pc.Port, pc.User)
-	u := &Upstream{cfg: cfg, store: store, target: target, m: newUpstreamMetrics(cfg.Registerer)}
-	u.status = UpstreamStatus{Target: target, State: UpstreamConnecting, Slot: cfg.Slot, Since: time.Now()}
+	u := &Upstream{cfg: cfg, store: store, m: newUpstreamMetrics(cfg.Registerer), connChanged: make(chan struct{})}
+	u.connString = cfg.ConnString
+	u.status = UpstreamStatus{Target: describeTarget(cfg.ConnString), State: UpstreamConnecting, Slot: cfg.Slot, Since: time.Now()}
 	return u, nil
+}
+
+// describeTarget names a parent without its password.
+func describeTarget(connString string) string {
+	if connString == "" {
+		return ""
+	}
+	pc, err := pgconn.ParseConfig(connString)
+	if err != nil {
+		return "(invalid connection string)"
+	}
+	return fmt.Sprintf("host=%s port=%d user=%s", pc.Host, pc.Port, pc.User)
+}
+
+// ConnString is the parent's connection string now in use.
+func (u *Upstream) ConnString() string {
+	u.connMu.Lock()
+	defer u.connMu.Unlock()
+	return u.connString
+}
+
+// SetConnString switches to another parent: the current stream ends and
+// the next one starts from the store's durable end on the new parent, after
+// the usual identity and timeline checks.
+func (u *Upstream) SetConnString(s string) error {
+	if _, err := pgconn.ParseConfig(s); err != nil {
+		return fmt.Errorf("upstream connection string: %w", err)
+	}
+	u.connMu.Lock()
+	defer u.connMu.Unlock()
+	if s == u.connString {
+		return nil
+	}
+	u.cfg.Logger.Info("switching upstream", "from", describeTarget(u.connString), "to", describeTarget(s))
+	u.connString = s
+	close(u.connChanged)
+	u.connChanged = make(chan struct{})
+	if u.cancelStream != nil {
+		u.cancelStream()
+	}
+	return nil
 }
 
 // Status returns the client's current state.
@@ -168,15 +215,42 @@ func (u *Upstream) setState(st UpstreamState, err error) {
 // It returns nil on cancellation; a store that cannot be written is the only
 // error that ends it early.
 func (u *Upstream) Run(ctx context.Context) error {
-	log := u.cfg.Logger.With("upstream", u.target)
 	backoff := u.cfg.MinBackoff
 	for {
+		u.connMu.Lock()
+		conn, changed := u.connString, u.connChanged
+		sctx, cancel := context.WithCancel(ctx)
+		u.cancelStream = cancel
+		u.connMu.Unlock()
+		if conn == "" {
+			u.setState(UpstreamConnecting, errors.New("waiting for the managers to assign a parent"))
+			select {
+			case <-ctx.Done():
+				cancel()
+				u.setState(UpstreamStopped, nil)
+				return nil
+			case <-changed:
+				cancel()
+				continue
+			}
+		}
+		target := describeTarget(conn)
+		u.mu.Lock()
+		u.status.Target = target
+		u.mu.Unlock()
+		log := u.cfg.Logger.With("upstream", target)
 		u.setState(UpstreamConnecting, nil)
 		started := time.Now()
-		err := u.stream(ctx, log)
+		err := u.stream(sctx, log, conn)
+		switched := sctx.Err() != nil && ctx.Err() == nil
+		cancel()
 		if ctx.Err() != nil {
 			u.setState(UpstreamStopped, nil)
 			return nil
+		}
+		if switched {
+			backoff = u.cfg.MinBackoff
+			continue
 		}
 		var storeErr *storeError
 		if errors.As(err, &storeErr) {
@@ -204,10 +278,14 @@ func (u *Upstream) Run(ctx context.Context) error {
 		if time.Since(started) > 30*time.Second {
 			backoff, wait = u.cfg.MinBackoff, min(wait, u.cfg.MinBackoff)
 		}
+		u.connMu.Lock()
+		changed = u.connChanged
+		u.connMu.Unlock()
 		select {
 		case <-ctx.Done():
 			u.setState(UpstreamStopped, nil)
 			return nil
+		case <-changed:
 		case <-time.After(wait):
 		}
 		if wait > 0 {
@@ -223,7 +301,7 @@ func (e *storeError) Error() string { return e.err.Error() }
 func (e *storeError) Unwrap() error { return e.err }
 
 // stream runs one connection: handshake, then the CopyBoth loop.
-func (u *Upstream) stream(ctx context.Context, log *slog.Logger) error {
+func (u *Upstream) stream(ctx context.Context, log *slog.Logger, connString string) error {
 	params := make(map[string]string, len(u.cfg.StartupParams)+1)
 	for k, v := range u.cfg.StartupParams {
 		params[k] = v
@@ -231,7 +309,7 @@ func (u *Upstream) stream(ctx context.Context, log *slog.Logger) error {
 	if u.cfg.Compression == CompressionZstd {
 		params[CompressionParam] = CompressionZstd
 	}
-	conn, err := connectReplication(ctx, u.cfg.ConnString, u.cfg.NodeID, params)
+	conn, err := connectReplication(ctx, connString, u.cfg.NodeID, params)
 	if err != nil {
 		return err
 	}

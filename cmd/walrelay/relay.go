@@ -15,6 +15,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -22,6 +23,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/walrelay/walrelay/relay"
+	"github.com/walrelay/walrelay/topology"
 	"github.com/walrelay/walrelay/walstream"
 )
 
@@ -43,6 +45,9 @@ type relayFlags struct {
 	compression   string
 	storeCompress string
 	memoryTail    string
+	manager       string
+	advertise     string
+	zone          string
 }
 
 func newRelayCmd() *cobra.Command {
@@ -61,6 +66,9 @@ through a physical replication slot walrelay_<node-id>, stores it durably in
 			log, err := newLogger(f.logLevel, f.logFormat)
 			if err != nil {
 				return err
+			}
+			if f.upstream == "" && f.manager == "" {
+				return errors.New("need --upstream, --manager, or both")
 			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
@@ -83,10 +91,12 @@ through a physical replication slot walrelay_<node-id>, stores it durably in
 	fl.StringVar(&f.maxRetained, "max-retained-size", "0", "hard cap on WAL kept for slots and children; beyond it the oldest slots are invalidated (0: no cap)")
 	fl.StringVar(&f.compression, "compression", "zstd", "ask a parent that is a relay for a compressed link: zstd or off")
 	fl.StringVar(&f.storeCompress, "store-compression", "zstd", "store completed segments as checksummed zstd frames: zstd or off")
+	fl.StringVar(&f.manager, "manager", "", "manager API URL(s): register, heartbeat and follow the assigned parent (--upstream becomes optional)")
+	fl.StringVar(&f.advertise, "advertise", "", "host:port children and managers use to reach this relay (default: --listen)")
+	fl.StringVar(&f.zone, "zone", "", "zone, for placement")
 	fl.StringVar(&f.memoryTail, "memory-tail", "64MB", "newest WAL kept in memory to serve children at the tip without disk reads")
 	fl.StringVar(&f.feedbackFrom, "feedback-from", "all", "whose hot standby feedback is forwarded upstream: all, none, or application_names (a,b)")
 	cmd.MarkFlagRequired("node-id")
-	cmd.MarkFlagRequired("upstream")
 	cmd.MarkFlagRequired("data-dir")
 	return cmd
 }
@@ -226,8 +236,8 @@ func newRelayNode(f relayFlags, log *slog.Logger) (_ *relayNode, err error) {
 		Credentials:        creds,
 		SlotDir:            filepath.Join(f.dataDir, "slots"),
 		SenderTimeout:      f.senderTimeout,
-		UpstreamConnString: f.upstream,
-		Backfill:           &walstream.Backfiller{ConnString: f.upstream, NodeID: f.nodeID, Store: n.store, Logger: log},
+		UpstreamConnString: n.up.ConnString,
+		Backfill:           &walstream.Backfiller{ConnString: n.up.ConnString, NodeID: f.nodeID, Store: n.store, Logger: log},
 		FeedbackFrom:       relay.ParseFeedbackPolicy(f.feedbackFrom),
 		Logger:             log,
 		Registerer:         reg,
@@ -299,6 +309,13 @@ func (n *relayNode) Run(ctx context.Context) error {
 	}
 	g.Go(func() error { return n.srv.RunRetention(gctx, n.store, n.retain, 5*time.Second) })
 	g.Go(func() error { return n.store.RunCompactor(gctx, time.Second) })
+	if n.f.manager != "" {
+		agent, err := n.agent()
+		if err != nil {
+			return err
+		}
+		g.Go(func() error { return agent.Run(gctx) })
+	}
 	g.Go(func() error {
 		<-gctx.Done()
 		n.log.Info("relay shutting down")
@@ -320,4 +337,33 @@ func (n *relayNode) Run(ctx context.Context) error {
 	}
 	n.log.Info("relay stopped")
 	return nil
+}
+
+// agent links the relay to the managers: the parent they assign becomes the
+// upstream.
+func (n *relayNode) agent() (*topology.Agent, error) {
+	c, err := managerClient(n.f.manager)
+	if err != nil {
+		return nil, err
+	}
+	addr := n.f.advertise
+	if addr == "" {
+		addr = n.ln.Addr().String()
+	}
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return nil, fmt.Errorf("--advertise %q: %w", addr, err)
+	}
+	conninfo := fmt.Sprintf("host=%s port=%s sslmode=disable", host, port)
+	if pc, err := pgconn.ParseConfig(n.f.upstream); err == nil && n.f.upstream != "" && pc.User != "" {
+		conninfo += " user=" + pc.User
+	}
+	return &topology.Agent{
+		Name: n.f.nodeID, Conninfo: conninfo, Zone: n.f.zone, Client: c, Logger: n.log,
+		OnParent: func(parent string) {
+			if err := n.up.SetConnString(parent); err != nil {
+				n.log.Error("assigned parent has an invalid connection string", "err", err)
+			}
+		},
+	}, nil
 }

@@ -1,0 +1,95 @@
+package topology
+
+import (
+	"context"
+	"log/slog"
+	"time"
+)
+
+// Agent is a relay's link to the managers: it registers the relay,
+// heartbeats, and watches the tree for the relay's assigned parent. When no
+// manager answers it changes nothing: the data plane keeps its last parent.
+type Agent struct {
+	Name     string // the relay's node id
+	Conninfo string // how children (and the managers) reach the relay
+	Zone     string
+	Client   *Client
+	// OnParent is called with the assigned parent's connection string each
+	// time it changes (and once at start when one is assigned).
+	OnParent func(conninfo string)
+	Logger   *slog.Logger
+	// Heartbeat is the interval between heartbeats. Default 1 s.
+	Heartbeat time.Duration
+}
+
+// Run registers, heartbeats and follows assignments until ctx ends.
+func (a *Agent) Run(ctx context.Context) error {
+	if a.Logger == nil {
+		a.Logger = slog.New(slog.DiscardHandler)
+	}
+	if a.Heartbeat <= 0 {
+		a.Heartbeat = time.Second
+	}
+	log := a.Logger.With("node_id", a.Name)
+	for ctx.Err() == nil {
+		rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		_, err := a.Client.Apply(rctx, Command{Op: OpRegisterRelay, Name: a.Name, Conninfo: a.Conninfo, Zone: a.Zone})
+		cancel()
+		if err == nil {
+			log.Info("registered with the managers")
+			break
+		}
+		log.Warn("cannot register with the managers; retrying", "err", err)
+		sleep(ctx, 2*time.Second)
+	}
+	go a.heartbeat(ctx)
+	var epoch uint64
+	var parent string
+	for ctx.Err() == nil {
+		wctx, cancel := context.WithTimeout(ctx, 40*time.Second)
+		tr, err := a.Client.Watch(wctx, epoch)
+		cancel()
+		if err != nil {
+			if ctx.Err() == nil {
+				log.Warn("watching the tree failed; keeping the current parent", "err", err)
+				sleep(ctx, time.Second)
+			}
+			continue
+		}
+		epoch = tr.Tree.Epoch
+		me := tr.Tree.Nodes[a.Name]
+		if me == nil || me.Parent == "" {
+			continue
+		}
+		p := tr.Tree.Nodes[me.Parent]
+		if p == nil || p.Conninfo == "" || p.Conninfo == parent {
+			continue
+		}
+		log.Info("assigned a new parent", "parent", me.Parent, "epoch", epoch)
+		parent = p.Conninfo
+		a.OnParent(p.Conninfo)
+	}
+	return nil
+}
+
+func (a *Agent) heartbeat(ctx context.Context) {
+	t := time.NewTicker(a.Heartbeat)
+	defer t.Stop()
+	for {
+		hctx, cancel := context.WithTimeout(ctx, a.Heartbeat*3)
+		a.Client.Heartbeat(hctx, a.Name)
+		cancel()
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+func sleep(ctx context.Context, d time.Duration) {
+	select {
+	case <-ctx.Done():
+	case <-time.After(d):
+	}
+}
