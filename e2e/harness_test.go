@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -109,15 +110,45 @@ func clusterBase(t testing.TB) string {
 	return filepath.Join(testDir(t), "clusters")
 }
 
-var testDirs = map[string]string{}
+var (
+	testDirsMu sync.Mutex
+	testDirs   = map[string]string{} // test name -> its one t.TempDir()
+)
 
+// testDir is one temporary directory per test, shared by its clusters,
+// relays and receivers.
 func testDir(t testing.TB) string {
+	t.Helper()
+	testDirsMu.Lock()
+	defer testDirsMu.Unlock()
 	if d, ok := testDirs[t.Name()]; ok {
 		return d
 	}
 	d := t.TempDir()
 	testDirs[t.Name()] = d
+	t.Cleanup(func() {
+		testDirsMu.Lock()
+		delete(testDirs, t.Name())
+		testDirsMu.Unlock()
+	})
 	return d
+}
+
+// receiveWAL starts pg_receivewal against host:port into the test's
+// directory; cleanup stops it. On failure its output is logged.
+func receiveWAL(t testing.TB, bin, name, host string, port int, extra ...string) *pgcluster.WALReceiver {
+	t.Helper()
+	r, err := pgcluster.ReceiveWAL(context.Background(), bin, filepath.Join(testDir(t), "wal"), name, host, port, extra...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		r.Stop()
+		if t.Failed() {
+			t.Logf("pg_receivewal %s output:\n%s", name, tail(r.LogFile, 40))
+		}
+	})
+	return r
 }
 
 // relayProc is a walrelay relay process.

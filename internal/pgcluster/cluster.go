@@ -1,7 +1,3 @@
-// Package pgcluster creates, runs and stops throwaway PostgreSQL clusters on
-// 127.0.0.1 for the e2e tests and the demo. Everything lives under a base
-// directory the caller owns; when running as root, the PostgreSQL binaries
-// run as the "postgres" user, which owns the cluster directories.
 package pgcluster
 
 import (
@@ -9,77 +5,43 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
-	"net"
 	"os"
 	"os/exec"
-	"os/user"
 	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
-	"sync"
-	"syscall"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 )
 
-// ErrNotInstalled means no PostgreSQL server binaries were found.
-var ErrNotInstalled = errors.New("PostgreSQL server binaries not found")
-
-// FindBinDir locates initdb, postgres and friends: $WALRELAY_PG_BIN, the
-// newest /usr/lib/postgresql/*/bin, or the directory of postgres on PATH.
-func FindBinDir() (string, error) {
-	if d := os.Getenv("WALRELAY_PG_BIN"); d != "" {
-		if _, err := os.Stat(filepath.Join(d, "postgres")); err != nil {
-			return "", fmt.Errorf("WALRELAY_PG_BIN=%s: %w: %w", d, ErrNotInstalled, err)
-		}
-		return d, nil
-	}
-	dirs, _ := filepath.Glob("/usr/lib/postgresql/*/bin")
-	sort.Slice(dirs, func(i, j int) bool { return majorOf(dirs[i]) > majorOf(dirs[j]) })
-	for _, d := range dirs {
-		if _, err := os.Stat(filepath.Join(d, "postgres")); err == nil {
-			return d, nil
-		}
-	}
-	if p, err := exec.LookPath("postgres"); err == nil {
-		return filepath.Dir(p), nil
-	}
-	return "", fmt.Errorf("%w: install PostgreSQL 15 or newer (Debian/Ubuntu: apt-get install -y postgresql) or set WALRELAY_PG_BIN", ErrNotInstalled)
-}
-
-func majorOf(binDir string) int {
-	n, _ := strconv.Atoi(filepath.Base(filepath.Dir(binDir)))
-	return n
-}
-
 // Cluster is one PostgreSQL data directory and the server running on it.
+// Its methods may be called from several goroutines.
 type Cluster struct {
 	Name    string
 	BinDir  string
 	DataDir string
 	Port    int
-	LogFile string
+	LogFile string // server log (pg_ctl -l)
 
-	log     *slog.Logger
-	mu      sync.Mutex
-	started bool
+	log *slog.Logger
 }
 
 // Options configures a new cluster.
 type Options struct {
-	BinDir  string // "" = FindBinDir()
-	BaseDir string // parent directory; the cluster goes in BaseDir/Name
-	Name    string
-	Conf    map[string]string // extra postgresql.conf settings
-	Logger  *slog.Logger
+	BinDir  string            // "" = FindBinDir()
+	BaseDir string            // parent directory; the cluster goes in BaseDir/Name
+	Name    string            // also the standby's cluster_name
+	Conf    map[string]string // extra postgresql.conf settings; override the defaults
+	Logger  *slog.Logger      // nil = discard
 }
 
 func (o *Options) fill() error {
 	if o.Name == "" || o.BaseDir == "" {
-		return errors.New("pgcluster: Name and BaseDir are required")
+		return errors.New("pgcluster: Options.Name and Options.BaseDir are required")
 	}
 	if o.BinDir == "" {
 		d, err := FindBinDir()
@@ -91,10 +53,13 @@ func (o *Options) fill() error {
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
-	return prepareBase(o.BaseDir)
+	if err := prepareBase(o.BaseDir); err != nil {
+		return fmt.Errorf("cluster %s: %w", o.Name, err)
+	}
+	return nil
 }
 
-// defaultConf is what every cluster gets: loopback TCP only, replication on,
+// defaultConf is what every primary gets: loopback TCP only, replication on,
 // fast and small.
 func defaultConf(port int) map[string]string {
 	return map[string]string{
@@ -120,8 +85,16 @@ func defaultConf(port int) map[string]string {
 	}
 }
 
-// InitPrimary runs initdb and writes the configuration. It does not start
-// the server.
+// hba trusts every user and database, replication included, from loopback.
+const hba = `local all all trust
+host all all 127.0.0.1/32 trust
+host all all ::1/128 trust
+host replication all 127.0.0.1/32 trust
+host replication all ::1/128 trust
+`
+
+// InitPrimary runs initdb into BaseDir/Name/data and writes pg_hba.conf and
+// the settings (defaults, then opts.Conf). It does not start the server.
 func InitPrimary(ctx context.Context, opts Options) (*Cluster, error) {
 	if err := opts.fill(); err != nil {
 		return nil, err
@@ -133,9 +106,6 @@ func InitPrimary(ctx context.Context, opts Options) (*Cluster, error) {
 	if err := c.run(ctx, "initdb", "-D", c.DataDir, "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8", "--locale=C"); err != nil {
 		return nil, err
 	}
-	hba := "local all all trust\n" +
-		"host all all 127.0.0.1/32 trust\nhost all all ::1/128 trust\n" +
-		"host replication all 127.0.0.1/32 trust\nhost replication all ::1/128 trust\n"
 	if err := c.writeOwned(filepath.Join(c.DataDir, "pg_hba.conf"), hba, false); err != nil {
 		return nil, err
 	}
@@ -152,14 +122,11 @@ func InitPrimary(ctx context.Context, opts Options) (*Cluster, error) {
 func newCluster(opts Options) (*Cluster, error) {
 	port, err := FreePort()
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("cluster %s: %w", opts.Name, err)
 	}
 	dir := filepath.Join(opts.BaseDir, opts.Name)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, err
-	}
-	if err := chownPostgres(dir); err != nil {
-		return nil, err
+	if err := makeOwnedDir(dir); err != nil {
+		return nil, fmt.Errorf("cluster %s: %w", opts.Name, err)
 	}
 	return &Cluster{
 		Name:    opts.Name,
@@ -171,9 +138,14 @@ func newCluster(opts Options) (*Cluster, error) {
 	}, nil
 }
 
-// BaseBackup makes a standby of src with pg_basebackup -X stream, streaming
-// from primaryConninfo once started. It does not start the server.
+// BaseBackup makes a standby of src with pg_basebackup -X stream. Once
+// started it streams from primaryConninfo (src, a relay, anything), on a port
+// of its own, with cluster_name = opts.Name and opts.Conf on top of what it
+// inherited from src. It does not start the server.
 func BaseBackup(ctx context.Context, src *Cluster, primaryConninfo string, opts Options) (*Cluster, error) {
+	if opts.BinDir == "" {
+		opts.BinDir = src.BinDir
+	}
 	if err := opts.fill(); err != nil {
 		return nil, err
 	}
@@ -204,8 +176,8 @@ func BaseBackup(ctx context.Context, src *Cluster, primaryConninfo string, opts 
 
 // BaseBackupFrom runs `pg_basebackup -R -X stream` against any server
 // (a relay, say), so that primary_conninfo is what pg_basebackup writes: the
-// server it was taken from. Only the port is changed afterwards. It does not
-// start the server.
+// server it was taken from. Only the port, cluster_name and opts.Conf are set
+// afterwards. It does not start the server.
 func BaseBackupFrom(ctx context.Context, binDir, host string, port int, opts Options) (*Cluster, error) {
 	if opts.BinDir == "" {
 		opts.BinDir = binDir
@@ -221,14 +193,25 @@ func BaseBackupFrom(ctx context.Context, binDir, host string, port int, opts Opt
 		"-D", c.DataDir, "-X", "stream", "-c", "fast", "-R", "--no-sync"); err != nil {
 		return nil, err
 	}
-	if err := c.SetConf(map[string]string{"port": strconv.Itoa(c.Port), "cluster_name": opts.Name}); err != nil {
+	conf := map[string]string{"port": strconv.Itoa(c.Port), "cluster_name": opts.Name}
+	for k, v := range opts.Conf {
+		conf[k] = v
+	}
+	if err := c.SetConf(conf); err != nil {
 		return nil, err
 	}
 	return c, nil
 }
 
-// SetConf appends settings to postgresql.auto.conf; later lines win.
+// SetConf appends settings to postgresql.auto.conf, in name order; later
+// lines win. They take effect at the next start (or reload, for those that
+// allow it).
 func (c *Cluster) SetConf(settings map[string]string) error {
+	return c.writeOwned(filepath.Join(c.DataDir, "postgresql.auto.conf"), confLines(settings), true)
+}
+
+// confLines renders settings as postgresql.conf lines with quoted values.
+func confLines(settings map[string]string) string {
 	keys := make([]string, 0, len(settings))
 	for k := range settings {
 		keys = append(keys, k)
@@ -236,10 +219,17 @@ func (c *Cluster) SetConf(settings map[string]string) error {
 	sort.Strings(keys)
 	var b strings.Builder
 	for _, k := range keys {
-		fmt.Fprintf(&b, "%s = '%s'\n", k, strings.ReplaceAll(settings[k], "'", "''"))
+		fmt.Fprintf(&b, "%s = %s\n", k, quoteConf(settings[k]))
 	}
-	return c.writeOwned(filepath.Join(c.DataDir, "postgresql.auto.conf"), b.String(), true)
+	return b.String()
 }
+
+// confQuoter escapes a value for a quoted postgresql.conf string, which
+// takes backslash escapes and a doubled single quote for a quote.
+var confQuoter = strings.NewReplacer(`\`, `\\`, `'`, `''`, "\n", `\n`, "\r", `\r`, "\t", `\t`)
+
+// quoteConf quotes a value for postgresql.conf.
+func quoteConf(v string) string { return "'" + confQuoter.Replace(v) + "'" }
 
 func (c *Cluster) writeOwned(path, content string, appendTo bool) error {
 	flags := os.O_WRONLY | os.O_CREATE | os.O_TRUNC
@@ -250,33 +240,37 @@ func (c *Cluster) writeOwned(path, content string, appendTo bool) error {
 	if err != nil {
 		return fmt.Errorf("cluster %s: %w", c.Name, err)
 	}
-	if _, err := f.WriteString(content); err != nil {
-		f.Close()
-		return fmt.Errorf("cluster %s: %w", c.Name, err)
+	_, err = f.WriteString(content)
+	if cerr := f.Close(); err == nil {
+		err = cerr
 	}
-	if err := f.Close(); err != nil {
-		return err
+	if err == nil {
+		err = chownPostgres(path)
 	}
-	return chownPostgres(path)
-}
-
-// Start starts the server and waits until it accepts connections.
-func (c *Cluster) Start(ctx context.Context) error {
-	if err := c.run(ctx, "pg_ctl", "-D", c.DataDir, "-l", c.LogFile, "-w", "-t", "60", "start"); err != nil {
-		return fmt.Errorf("%w\nlog tail:\n%s", err, c.LogTail(30))
+	if err != nil {
+		return fmt.Errorf("cluster %s: write %s: %w", c.Name, path, err)
 	}
-	c.mu.Lock()
-	c.started = true
-	c.mu.Unlock()
 	return nil
 }
 
-// Stop shuts the server down (fast mode). Safe to call more than once.
+// Start starts the server (pg_ctl start -w) and waits up to 60 s until it
+// accepts connections. The error carries the tail of the server log.
+func (c *Cluster) Start(ctx context.Context) error {
+	if err := c.run(ctx, "pg_ctl", "-D", c.DataDir, "-l", c.LogFile, "-w", "-t", "60", "start"); err != nil {
+		return fmt.Errorf("%w\nserver log tail:\n%s", err, c.LogTail(30))
+	}
+	return nil
+}
+
+// Stop shuts the server down in fast mode and waits. It does nothing when
+// the server is not running, so it is safe to call twice, after Kill, or on a
+// cluster never started.
 func (c *Cluster) Stop(ctx context.Context) error {
 	return c.stop(ctx, "fast")
 }
 
-// Kill stops the server in immediate mode, as a crash would.
+// Kill stops the server in immediate mode, as a crash would: the next start
+// runs crash recovery.
 func (c *Cluster) Kill() error {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
@@ -284,27 +278,44 @@ func (c *Cluster) Kill() error {
 }
 
 func (c *Cluster) stop(ctx context.Context, mode string) error {
-	c.mu.Lock()
-	started := c.started
-	c.started = false
-	c.mu.Unlock()
-	if !started {
-		return nil
+	if running, err := c.running(ctx); err != nil || !running {
+		return err
 	}
-	if _, err := os.Stat(filepath.Join(c.DataDir, "postmaster.pid")); err != nil {
-		return nil
+	err := c.run(ctx, "pg_ctl", "-D", c.DataDir, "-m", mode, "-w", "-t", "60", "stop")
+	if err != nil {
+		// It may have exited between the check and the signal.
+		if running, rerr := c.running(ctx); rerr == nil && !running {
+			return nil
+		}
 	}
-	return c.run(ctx, "pg_ctl", "-D", c.DataDir, "-m", mode, "-w", "-t", "60", "stop")
+	return err
+}
+
+// running reports whether a postmaster runs on the data directory, per
+// postmaster.pid and pg_ctl status (exit status 3: not running).
+func (c *Cluster) running(ctx context.Context) (bool, error) {
+	if _, err := os.Stat(filepath.Join(c.DataDir, "postmaster.pid")); errors.Is(err, fs.ErrNotExist) {
+		return false, nil
+	}
+	err := c.run(ctx, "pg_ctl", "-D", c.DataDir, "status")
+	if err == nil {
+		return true, nil
+	}
+	if ee := (*exec.ExitError)(nil); errors.As(err, &ee) && ee.ExitCode() == 3 {
+		return false, nil
+	}
+	return false, err
+}
+
+// Promote ends recovery on a standby (pg_ctl promote) and waits until it
+// accepts writes.
+func (c *Cluster) Promote(ctx context.Context) error {
+	return c.run(ctx, "pg_ctl", "-D", c.DataDir, "-w", "-t", "60", "promote")
 }
 
 // LogTail returns the last n lines of the server log.
 func (c *Cluster) LogTail(n int) string {
-	b, _ := os.ReadFile(c.LogFile)
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
+	return tailFile(c.LogFile, n)
 }
 
 // ConnString is a libpq connection string for SQL.
@@ -313,13 +324,23 @@ func (c *Cluster) ConnString() string {
 }
 
 // ReplicationConnString is a libpq connection string for primary_conninfo
-// or a relay's --upstream.
+// or a relay's --upstream. It names no database and no replication mode:
+// the walreceiver and the relay add what they need.
 func (c *Cluster) ReplicationConnString() string {
 	return fmt.Sprintf("host=127.0.0.1 port=%d user=postgres sslmode=disable", c.Port)
 }
 
-// run executes a PostgreSQL binary (as postgres when root) and includes its
-// output in the error.
+// Connect opens a SQL connection to the postgres database.
+func (c *Cluster) Connect(ctx context.Context) (*pgx.Conn, error) {
+	conn, err := pgx.Connect(ctx, c.ConnString())
+	if err != nil {
+		return nil, fmt.Errorf("cluster %s: %w", c.Name, err)
+	}
+	return conn, nil
+}
+
+// run executes a PostgreSQL binary (as postgres when root); the error names
+// the cluster and the command and carries its output.
 func (c *Cluster) run(ctx context.Context, prog string, args ...string) error {
 	cmd := Command(ctx, c.BinDir, prog, args...)
 	var out bytes.Buffer
@@ -331,94 +352,15 @@ func (c *Cluster) run(ctx context.Context, prog string, args ...string) error {
 	return nil
 }
 
-// Command builds an exec.Cmd for a PostgreSQL binary that runs as the
-// postgres user when this process is root.
-func Command(ctx context.Context, binDir, prog string, args ...string) *exec.Cmd {
-	cmd := exec.CommandContext(ctx, filepath.Join(binDir, prog), args...)
-	cmd.Env = append(os.Environ(), "LC_ALL=C", "PGAPPNAME="+prog)
-	if cred := postgresCredential(); cred != nil {
-		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
-		cmd.Env = append(cmd.Env, "HOME=/tmp")
-	}
-	cmd.Dir = "/"
-	return cmd
-}
-
-var (
-	credOnce sync.Once
-	credVal  *syscall.Credential
-	credUID  = -1
-	credGID  = -1
-)
-
-func postgresCredential() *syscall.Credential {
-	credOnce.Do(func() {
-		if os.Geteuid() != 0 {
-			return
-		}
-		u, err := user.Lookup("postgres")
-		if err != nil {
-			return
-		}
-		uid, _ := strconv.Atoi(u.Uid)
-		gid, _ := strconv.Atoi(u.Gid)
-		credUID, credGID = uid, gid
-		credVal = &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}
-	})
-	return credVal
-}
-
-func chownPostgres(path string) error {
-	if postgresCredential() == nil {
-		return nil
-	}
-	return os.Chown(path, credUID, credGID)
-}
-
-// prepareBase makes base and its parents traversable, so the postgres user
-// can reach cluster directories under a root-owned 0700 t.TempDir().
-func prepareBase(base string) error {
-	if err := os.MkdirAll(base, 0o755); err != nil {
-		return err
-	}
-	if postgresCredential() == nil {
-		return nil
-	}
-	for d := base; d != "/" && d != "."; d = filepath.Dir(d) {
-		st, err := os.Stat(d)
-		if err != nil {
-			return err
-		}
-		if st.Mode().Perm()&0o001 == 0 {
-			if err := os.Chmod(d, st.Mode().Perm()|0o011); err != nil {
-				return err
-			}
-		}
-	}
-	return nil
-}
-
-// FreePort returns a TCP port on 127.0.0.1 that was free a moment ago.
-func FreePort() (int, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+// tailFile returns the last n lines of a file, or why it could not be read.
+func tailFile(path string, n int) string {
+	b, err := os.ReadFile(path)
 	if err != nil {
-		return 0, err
+		return err.Error()
 	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port, nil
-}
-
-// Connect opens a SQL connection.
-func (c *Cluster) Connect(ctx context.Context) (*pgx.Conn, error) {
-	conn, err := pgx.Connect(ctx, c.ConnString())
-	if err != nil {
-		return nil, fmt.Errorf("cluster %s: %w", c.Name, err)
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
 	}
-	return conn, nil
-}
-
-// Promote ends recovery on a standby (pg_ctl promote) and waits until it
-// accepts writes.
-func (c *Cluster) Promote(ctx context.Context) error {
-	return c.run(ctx, "pg_ctl", "-D", c.DataDir, "-w", "-t", "60", "promote")
+	return strings.Join(lines, "\n")
 }
