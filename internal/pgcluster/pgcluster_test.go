@@ -124,7 +124,10 @@ func TestFindBinDirEnv(t *testing.T) {
 func TestClusterLifecycle(t *testing.T) {
 	bin, err := FindBinDir()
 	if err != nil {
-		t.Skipf("PostgreSQL not available: %v", err)
+		if os.Getenv("WALRELAY_REQUIRE_PG") == "1" {
+			t.Fatalf("WALRELAY_REQUIRE_PG=1: %v", err)
+		}
+		t.Skipf("PostgreSQL not available (WALRELAY_REQUIRE_PG=1 makes this a failure): %v", err)
 	}
 	if testing.Short() {
 		t.Skip("starts PostgreSQL: skipped with -short")
