@@ -11,50 +11,50 @@ import (
 // CommandKind is a replication command.
 type CommandKind int
 
+// The replication commands a walsender understands (repl_gram.y).
 const (
-	CmdIdentifySystem CommandKind = iota + 1
-	CmdTimelineHistory
-	CmdShow
-	CmdReadReplicationSlot
-	CmdCreateReplicationSlot
-	CmdDropReplicationSlot
-	CmdStartReplication
-	CmdBaseBackup
+	CmdIdentifySystem        CommandKind = iota + 1
+	CmdTimelineHistory                   // TIMELINE_HISTORY n
+	CmdShow                              // SHOW name
+	CmdReadReplicationSlot               // READ_REPLICATION_SLOT s
+	CmdCreateReplicationSlot             // CREATE_REPLICATION_SLOT s [TEMPORARY] {PHYSICAL | LOGICAL plugin} [options]
+	CmdDropReplicationSlot               // DROP_REPLICATION_SLOT s [WAIT]
+	CmdStartReplication                  // START_REPLICATION [SLOT s] [PHYSICAL | LOGICAL] X/X ...
+	CmdBaseBackup                        // BASE_BACKUP [options]: only the raw text matters
 )
 
 // Command is one parsed replication command.
 type Command struct {
 	Kind       CommandKind
-	Slot       string // lower-cased if it was a bare identifier, verbatim if quoted
-	Temporary  bool
-	Logical    bool
-	ReserveWAL bool
-	Wait       bool
-	Setting    string // SHOW
+	Slot       string // lower-cased if it was a bare identifier, verbatim if quoted; "" = no SLOT clause
+	Temporary  bool   // CREATE_REPLICATION_SLOT ... TEMPORARY
+	Logical    bool   // a logical slot or logical streaming: parsed, refused by the server
+	ReserveWAL bool   // CREATE_REPLICATION_SLOT ... PHYSICAL RESERVE_WAL or (RESERVE_WAL [bool])
+	Wait       bool   // DROP_REPLICATION_SLOT s WAIT
+	Setting    string // SHOW: the setting name (a.b for dotted names)
 	Timeline   walstream.TimeLineID
 	StartLSN   walstream.LSN
-	Raw        string
+	Raw        string // the query text as received
 }
 
-// ErrEmptyQuery is returned for a query with no command in it; the server
-// answers EmptyQueryResponse.
+// ErrEmptyQuery is returned for a query holding nothing but white space and
+// semicolons; the server answers EmptyQueryResponse.
 var ErrEmptyQuery = errors.New("empty query")
 
-// The grammar is PostgreSQL's repl_gram.y for the commands a physical
-// walsender serves; keywords are upper case and case-sensitive, bare
-// identifiers are lower-cased, "quoted" ones kept verbatim.
+// maxIdentifierLen is NAMEDATALEN-1: PostgreSQL truncates longer identifiers.
+const maxIdentifierLen = 63
+
+// replKeywords are the keywords of a PostgreSQL 15 repl_scanner.l: upper case
+// only, matched case-sensitively; any other word is an identifier.
 var replKeywords = map[string]bool{
 	"BASE_BACKUP": true, "IDENTIFY_SYSTEM": true, "READ_REPLICATION_SLOT": true, "SHOW": true,
-	"START_REPLICATION": true, "CREATE_REPLICATION_SLOT": true, "DROP_REPLICATION_SLOT": true,
-	"TIMELINE_HISTORY": true, "WAIT": true, "TIMELINE": true, "PHYSICAL": true, "LOGICAL": true,
-	"SLOT": true, "RESERVE_WAL": true, "TEMPORARY": true, "TWO_PHASE": true, "EXPORT_SNAPSHOT": true,
-	"NOEXPORT_SNAPSHOT": true, "USE_SNAPSHOT": true,
-	// Old-style BASE_BACKUP options.
-	"LABEL": true, "PROGRESS": true, "FAST": true, "WAL": true, "NOWAIT": true, "MAX_RATE": true,
-	"TABLESPACE_MAP": true, "NOVERIFY_CHECKSUMS": true, "MANIFEST": true, "MANIFEST_CHECKSUMS": true,
+	"TIMELINE": true, "START_REPLICATION": true, "CREATE_REPLICATION_SLOT": true,
+	"DROP_REPLICATION_SLOT": true, "TIMELINE_HISTORY": true, "PHYSICAL": true, "RESERVE_WAL": true,
+	"LOGICAL": true, "SLOT": true, "TEMPORARY": true, "TWO_PHASE": true, "EXPORT_SNAPSHOT": true,
+	"NOEXPORT_SNAPSHOT": true, "USE_SNAPSHOT": true, "WAIT": true,
 }
 
-// commandKeywords are the keywords that start a replication command.
+// commandKeywords are the keywords that may start a replication command.
 var commandKeywords = map[string]CommandKind{
 	"IDENTIFY_SYSTEM":         CmdIdentifySystem,
 	"TIMELINE_HISTORY":        CmdTimelineHistory,
@@ -66,420 +66,614 @@ var commandKeywords = map[string]CommandKind{
 	"BASE_BACKUP":             CmdBaseBackup,
 }
 
-type tokKind int
-
-const (
-	tokEOF tokKind = iota
-	tokKeyword
-	tokIdent
-	tokLSN
-	tokUint
-	tokString
-	tokPunct // ( ) , ; .
-)
-
-type token struct {
-	kind tokKind
-	text string // keyword, identifier (already folded), literal, punctuation
-}
-
-// lex splits a replication command into tokens.
-func lex(q string) ([]token, error) {
-	var toks []token
-	for i := 0; i < len(q); {
-		c := q[i]
-		switch {
-		case c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v':
-			i++
-		case c == '(' || c == ')' || c == ',' || c == ';' || c == '.':
-			toks = append(toks, token{tokPunct, string(c)})
-			i++
-		case c == '"':
-			s, n, ok := quoted(q[i:], '"')
-			if !ok {
-				return nil, errorf("42601", "unterminated quoted identifier")
-			}
-			if s == "" {
-				return nil, errorf("42601", "zero-length delimited identifier")
-			}
-			toks = append(toks, token{tokIdent, s})
-			i += n
-		case c == '\'':
-			s, n, ok := quoted(q[i:], '\'')
-			if !ok {
-				return nil, errorf("42601", "unterminated quoted string")
-			}
-			toks = append(toks, token{tokString, s})
-			i += n
-		default:
-			if n := lsnLen(q[i:]); n > 0 {
-				toks = append(toks, token{tokLSN, q[i : i+n]})
-				i += n
-				continue
-			}
-			if isDigit(c) {
-				j := i
-				for j < len(q) && isDigit(q[j]) {
-					j++
-				}
-				toks = append(toks, token{tokUint, q[i:j]})
-				i = j
-				continue
-			}
-			if isIdentStart(c) {
-				j := i + 1
-				for j < len(q) && (isIdentStart(q[j]) || isDigit(q[j]) || q[j] == '$') {
-					j++
-				}
-				word := q[i:j]
-				if replKeywords[word] {
-					toks = append(toks, token{tokKeyword, word})
-				} else {
-					toks = append(toks, token{tokIdent, strings.ToLower(word)})
-				}
-				i = j
-				continue
-			}
-			return nil, errorf("42601", "syntax error at or near \"%c\"", c)
-		}
-	}
-	return toks, nil
-}
-
-// quoted reads a quoted token starting at s[0] == q, where a doubled quote
-// stands for one. It returns the content and the bytes consumed.
-func quoted(s string, q byte) (string, int, bool) {
-	var b strings.Builder
-	for i := 1; i < len(s); i++ {
-		if s[i] == q {
-			if i+1 < len(s) && s[i+1] == q {
-				b.WriteByte(q)
-				i++
-				continue
-			}
-			return b.String(), i + 1, true
-		}
-		b.WriteByte(s[i])
-	}
-	return "", 0, false
-}
-
-// lsnLen returns the length of an X/X token at the start of s, or 0.
-func lsnLen(s string) int {
-	i := 0
-	for i < len(s) && isHex(s[i]) {
-		i++
-	}
-	if i == 0 || i >= len(s) || s[i] != '/' {
-		return 0
-	}
-	j := i + 1
-	for j < len(s) && isHex(s[j]) {
-		j++
-	}
-	if j == i+1 {
-		return 0
-	}
-	// An identifier character right after would make this something else.
-	if j < len(s) && (isIdentStart(s[j]) || s[j] == '$') {
-		return 0
-	}
-	return j
-}
-
-func isDigit(c byte) bool { return c >= '0' && c <= '9' }
-func isHex(c byte) bool   { return isDigit(c) || c >= 'a' && c <= 'f' || c >= 'A' && c <= 'F' }
-func isIdentStart(c byte) bool {
-	return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c == '_' || c >= 0x80
-}
-
-// parser walks the token list.
-type parser struct {
-	toks []token
-	pos  int
-}
-
-func (p *parser) peek() token {
-	if p.pos < len(p.toks) {
-		return p.toks[p.pos]
-	}
-	return token{kind: tokEOF}
-}
-
-func (p *parser) next() token {
-	t := p.peek()
-	if p.pos < len(p.toks) {
-		p.pos++
-	}
-	return t
-}
-
-func (p *parser) acceptKeyword(kw string) bool {
-	if t := p.peek(); t.kind == tokKeyword && t.text == kw {
-		p.pos++
-		return true
-	}
-	return false
-}
-
-func (p *parser) acceptPunct(c string) bool {
-	if t := p.peek(); t.kind == tokPunct && t.text == c {
-		p.pos++
-		return true
-	}
-	return false
-}
-
-func (p *parser) syntaxError() *PGError {
-	t := p.peek()
-	if t.kind == tokEOF {
-		return errorf("42601", "syntax error at end of input")
-	}
-	return errorf("42601", "syntax error at or near \"%s\"", t.text)
-}
-
-func (p *parser) ident() (string, error) {
-	if t := p.peek(); t.kind == tokIdent {
-		p.pos++
-		return t.text, nil
-	}
-	return "", p.syntaxError()
-}
-
-func (p *parser) timeline() (walstream.TimeLineID, error) {
-	t := p.peek()
-	if t.kind != tokUint {
-		return 0, p.syntaxError()
-	}
-	p.pos++
-	v, err := strconv.ParseUint(t.text, 10, 32)
-	if err != nil {
-		return 0, errorf("42601", "invalid timeline %s", t.text)
-	}
-	if v == 0 {
-		return 0, errorf("42601", "invalid timeline %d", v)
-	}
-	return walstream.TimeLineID(v), nil
-}
-
-// end accepts an optional trailing semicolon and requires the end.
-func (p *parser) end() error {
-	p.acceptPunct(";")
-	if p.peek().kind != tokEOF {
-		return p.syntaxError()
-	}
-	return nil
-}
-
-// ParseCommand parses one query received on a replication connection.
+// ParseCommand parses one query received in a simple Query message on a
+// physical replication connection. Errors are *PGError (SQLSTATE 42601 for
+// syntax, 0A000 for anything that is not a replication command) or
+// ErrEmptyQuery.
+//
+// Like the walsender, it looks only at the first token to decide whether the
+// query is a replication command, so any SQL gets 0A000 whatever follows.
 func ParseCommand(query string) (Command, error) {
-	toks, err := lex(query)
+	if strings.Trim(query, " \t\n\r\f\v;") == "" {
+		return Command{}, ErrEmptyQuery
+	}
+	p := &parser{lex: lexer{q: query}}
+	first, err := p.next()
 	if err != nil {
 		return Command{}, err
-	}
-	p := &parser{toks: toks}
-	for p.acceptPunct(";") {
-	}
-	first := p.next()
-	if first.kind == tokEOF {
-		return Command{}, ErrEmptyQuery
 	}
 	kind, ok := commandKeywords[first.text]
 	if first.kind != tokKeyword || !ok {
 		return Command{}, errorf("0A000", "cannot execute SQL commands in WAL sender for physical replication")
 	}
 	cmd := Command{Kind: kind, Raw: query}
-	switch kind {
-	case CmdIdentifySystem:
-	case CmdBaseBackup:
-		// Options do not matter: the command is refused or passed through.
-		return cmd, nil
-	case CmdTimelineHistory:
-		if cmd.Timeline, err = p.timeline(); err != nil {
-			return Command{}, err
-		}
-	case CmdShow:
-		if cmd.Setting, err = p.varName(); err != nil {
-			return Command{}, err
-		}
-	case CmdReadReplicationSlot:
-		if cmd.Slot, err = p.ident(); err != nil {
-			return Command{}, err
-		}
-	case CmdDropReplicationSlot:
-		if cmd.Slot, err = p.ident(); err != nil {
-			return Command{}, err
-		}
-		cmd.Wait = p.acceptKeyword("WAIT")
-	case CmdCreateReplicationSlot:
-		if err := p.createSlot(&cmd); err != nil {
-			return Command{}, err
-		}
-	case CmdStartReplication:
-		if err := p.startReplication(&cmd); err != nil {
-			return Command{}, err
-		}
-	}
-	if err := p.end(); err != nil {
+	if err := p.command(&cmd); err != nil {
 		return Command{}, err
 	}
 	return cmd, nil
 }
 
-// varName is an identifier, possibly dotted (SHOW walrelay.compression).
+// command parses what follows the first keyword, up to the end of input.
+func (p *parser) command(cmd *Command) error {
+	var err error
+	switch cmd.Kind {
+	case CmdIdentifySystem:
+	case CmdBaseBackup:
+		// Passed through verbatim or refused, so the options (new or pre-15
+		// syntax) are left to the server that runs it; only lex them.
+		return p.skipToEnd()
+	case CmdTimelineHistory:
+		cmd.Timeline, err = p.timeline()
+	case CmdShow:
+		cmd.Setting, err = p.varName()
+	case CmdReadReplicationSlot:
+		cmd.Slot, err = p.varName()
+	case CmdDropReplicationSlot:
+		if cmd.Slot, err = p.ident(); err == nil {
+			cmd.Wait, err = p.acceptKeyword("WAIT")
+		}
+	case CmdCreateReplicationSlot:
+		return p.createSlot(cmd)
+	case CmdStartReplication:
+		return p.startReplication(cmd)
+	}
+	if err != nil {
+		return err
+	}
+	return p.end()
+}
+
+// createSlot parses the rest of
+//
+//	CREATE_REPLICATION_SLOT IDENT [TEMPORARY] PHYSICAL options
+//	CREATE_REPLICATION_SLOT IDENT [TEMPORARY] LOGICAL IDENT options
+//
+// where options are '(' generic_option_list ')' or legacy keywords.
+func (p *parser) createSlot(cmd *Command) error {
+	opts, err := p.createSlotArgs(cmd)
+	if err == nil {
+		err = p.end()
+	}
+	if err != nil {
+		return err
+	}
+	// Like the walsender: options are checked once the command has parsed.
+	return applySlotOptions(cmd, opts)
+}
+
+func (p *parser) createSlotArgs(cmd *Command) ([]slotOption, error) {
+	var err error
+	if cmd.Slot, err = p.ident(); err != nil {
+		return nil, err
+	}
+	if cmd.Temporary, err = p.acceptKeyword("TEMPORARY"); err != nil {
+		return nil, err
+	}
+	t, err := p.next()
+	switch {
+	case err != nil:
+		return nil, err
+	case t.isKeyword("PHYSICAL"):
+	case t.isKeyword("LOGICAL"):
+		cmd.Logical = true
+		if _, err := p.ident(); err != nil { // output plugin
+			return nil, err
+		}
+	default:
+		return nil, syntaxError(t)
+	}
+	paren, err := p.acceptChar('(')
+	switch {
+	case err != nil:
+		return nil, err
+	case paren:
+		return p.genericOptions()
+	}
+	return p.legacySlotOptions()
+}
+
+// startReplication parses the rest of
+//
+//	START_REPLICATION [SLOT IDENT] [PHYSICAL] RECPTR [TIMELINE UCONST]
+//	START_REPLICATION SLOT IDENT LOGICAL RECPTR ['(' IDENT [SCONST], ... ')']
+func (p *parser) startReplication(cmd *Command) error {
+	hasSlot, err := p.startReplicationArgs(cmd)
+	if err == nil {
+		err = p.end()
+	}
+	if err == nil && hasSlot && cmd.Slot == "" {
+		// SLOT "" names no slot there is (and Slot == "" must keep meaning
+		// no SLOT clause).
+		return errorf("42704", "replication slot \"\" does not exist")
+	}
+	return err
+}
+
+func (p *parser) startReplicationArgs(cmd *Command) (hasSlot bool, err error) {
+	if hasSlot, err = p.acceptKeyword("SLOT"); err != nil {
+		return false, err
+	}
+	if hasSlot {
+		if cmd.Slot, err = p.ident(); err != nil {
+			return true, err
+		}
+	}
+	t, err := p.peek()
+	if err != nil {
+		return hasSlot, err
+	}
+	switch {
+	case t.isKeyword("LOGICAL") && hasSlot:
+		p.take()
+		cmd.Logical = true
+	case t.isKeyword("PHYSICAL"):
+		p.take()
+	}
+	if cmd.StartLSN, err = p.lsn(); err != nil {
+		return hasSlot, err
+	}
+	if cmd.Logical {
+		return hasSlot, p.pluginOptions()
+	}
+	timeline, err := p.acceptKeyword("TIMELINE")
+	if err == nil && timeline {
+		cmd.Timeline, err = p.timeline()
+	}
+	return hasSlot, err
+}
+
+// pluginOptions parses the optional '(' IDENT [SCONST], ... ')' of logical
+// streaming. The values do not matter: logical streaming is refused.
+func (p *parser) pluginOptions() error {
+	if ok, err := p.acceptChar('('); err != nil || !ok {
+		return err
+	}
+	for {
+		if _, err := p.ident(); err != nil {
+			return err
+		}
+		t, err := p.next()
+		if err != nil {
+			return err
+		}
+		if t.kind == tokString {
+			if t, err = p.next(); err != nil {
+				return err
+			}
+		}
+		switch {
+		case t.isChar(')'):
+			return nil
+		case !t.isChar(','):
+			return syntaxError(t)
+		}
+	}
+}
+
+// varName parses IDENT ['.' IDENT ...] (SHOW, READ_REPLICATION_SLOT).
 func (p *parser) varName() (string, error) {
-	name, err := p.identOrKeyword()
+	name, err := p.ident()
 	if err != nil {
 		return "", err
 	}
-	for p.acceptPunct(".") {
-		part, err := p.identOrKeyword()
+	for {
+		ok, err := p.acceptChar('.')
+		if err != nil || !ok {
+			return name, err
+		}
+		part, err := p.ident()
 		if err != nil {
 			return "", err
 		}
 		name += "." + part
 	}
-	return name, nil
 }
 
-func (p *parser) identOrKeyword() (string, error) {
-	t := p.peek()
-	switch t.kind {
-	case tokIdent:
-		p.pos++
-		return t.text, nil
-	case tokKeyword:
-		p.pos++
-		return strings.ToLower(t.text), nil
+// timeline parses a UCONST that must be a timeline ID (1 or more).
+func (p *parser) timeline() (walstream.TimeLineID, error) {
+	t, err := p.next()
+	if err != nil {
+		return 0, err
 	}
-	return "", p.syntaxError()
-}
-
-func (p *parser) createSlot(cmd *Command) error {
-	var err error
-	if cmd.Slot, err = p.ident(); err != nil {
-		return err
+	if t.kind != tokUint {
+		return 0, syntaxError(t)
 	}
-	cmd.Temporary = p.acceptKeyword("TEMPORARY")
+	v, err := strconv.ParseUint(t.text, 10, 32)
 	switch {
-	case p.acceptKeyword("PHYSICAL"):
-	case p.acceptKeyword("LOGICAL"):
-		cmd.Logical = true
-		if _, err := p.ident(); err != nil { // output plugin
+	case err != nil:
+		return 0, errorf("42601", "invalid timeline %s", t.text)
+	case v == 0:
+		return 0, errorf("42601", "invalid timeline 0")
+	}
+	return walstream.TimeLineID(v), nil
+}
+
+// lsn parses a RECPTR.
+func (p *parser) lsn() (walstream.LSN, error) {
+	t, err := p.next()
+	if err != nil {
+		return 0, err
+	}
+	if t.kind != tokLSN {
+		return 0, syntaxError(t)
+	}
+	return t.lsn, nil
+}
+
+// skipToEnd lexes the rest of the query, reporting only lexical errors.
+func (p *parser) skipToEnd() error {
+	for {
+		t, err := p.next()
+		if err != nil || t.kind == tokEOF {
 			return err
 		}
-	default:
-		return p.syntaxError()
-	}
-	if p.acceptPunct("(") {
-		return p.slotOptions(cmd)
-	}
-	// Old syntax: bare option keywords.
-	for {
-		switch {
-		case p.acceptKeyword("RESERVE_WAL"):
-			cmd.ReserveWAL = true
-		case p.acceptKeyword("EXPORT_SNAPSHOT"), p.acceptKeyword("NOEXPORT_SNAPSHOT"),
-			p.acceptKeyword("USE_SNAPSHOT"), p.acceptKeyword("TWO_PHASE"):
-			if !cmd.Logical {
-				return errorf("42601", "unrecognized option: %s", strings.ToLower(p.toks[p.pos-1].text))
-			}
-		default:
-			return nil
-		}
 	}
 }
 
-// slotOptions parses "(name [value], ...)" after the opening parenthesis.
-func (p *parser) slotOptions(cmd *Command) error {
+// slotOption is one CREATE_REPLICATION_SLOT option: a name and, unless kind
+// is tokEOF, a value that was an identifier, a string or an integer.
+type slotOption struct {
+	name  string
+	kind  tokKind
+	value string
+}
+
+// genericOptions parses generic_option_list ')' after the '(':
+// name [IDENT | SCONST | UCONST], where the name may be a keyword.
+func (p *parser) genericOptions() ([]slotOption, error) {
+	var opts []slotOption
 	for {
 		name, err := p.identOrKeyword()
 		if err != nil {
-			return err
+			return nil, err
 		}
-		val := ""
-		if t := p.peek(); t.kind == tokIdent || t.kind == tokString || t.kind == tokUint || t.kind == tokKeyword {
-			p.pos++
-			val = strings.ToLower(t.text)
+		opt := slotOption{name: name}
+		t, err := p.next()
+		if err != nil {
+			return nil, err
 		}
-		switch {
-		case name == "reserve_wal" && !cmd.Logical:
-			b, ok := parseBool(val)
-			if !ok {
-				return errorf("22023", "reserve_wal requires a Boolean value")
+		if t.kind == tokIdent || t.kind == tokString || t.kind == tokUint {
+			opt.kind, opt.value = t.kind, t.text
+			if t, err = p.next(); err != nil {
+				return nil, err
 			}
-			cmd.ReserveWAL = b
-		case cmd.Logical:
-			// Refused later; options do not matter.
-		default:
-			return errorf("42601", "unrecognized option: %s", name)
 		}
-		if p.acceptPunct(")") {
-			return nil
-		}
-		if !p.acceptPunct(",") {
-			return p.syntaxError()
+		opts = append(opts, opt)
+		switch {
+		case t.isChar(')'):
+			return opts, nil
+		case !t.isChar(','):
+			return nil, syntaxError(t)
 		}
 	}
 }
 
-func parseBool(v string) (bool, bool) {
-	switch v {
-	case "", "true", "on", "yes", "1", "t", "y":
+// legacySlotOptions are the pre-15 keyword options, named as the walsender
+// names them.
+var legacySlotOptions = map[string]slotOption{
+	"RESERVE_WAL":       {name: "reserve_wal"},
+	"TWO_PHASE":         {name: "two_phase"},
+	"EXPORT_SNAPSHOT":   {name: "snapshot", kind: tokString, value: "export"},
+	"NOEXPORT_SNAPSHOT": {name: "snapshot", kind: tokString, value: "nothing"},
+	"USE_SNAPSHOT":      {name: "snapshot", kind: tokString, value: "use"},
+}
+
+// legacySlotOptions parses a run of pre-15 keyword options.
+func (p *parser) legacySlotOptions() ([]slotOption, error) {
+	var opts []slotOption
+	for {
+		t, err := p.peek()
+		if err != nil {
+			return nil, err
+		}
+		opt, ok := legacySlotOptions[t.text]
+		if t.kind != tokKeyword || !ok {
+			return opts, nil
+		}
+		p.take()
+		opts = append(opts, opt)
+	}
+}
+
+// applySlotOptions checks the options of a physical slot as the walsender
+// does (parseCreateReplSlotOptions): reserve_wal is the only one, the
+// logical-only ones conflict, anything else is unknown. Logical slots are
+// refused by the server, so their options are not looked at.
+func applySlotOptions(cmd *Command, opts []slotOption) error {
+	if cmd.Logical {
+		return nil
+	}
+	reserveGiven := false
+	for _, o := range opts {
+		switch o.name {
+		case "reserve_wal":
+			if reserveGiven {
+				return errorf("42601", "conflicting or redundant options")
+			}
+			reserveGiven = true
+			v, ok := o.boolean()
+			if !ok {
+				return errorf("42601", "%s requires a Boolean value", o.name)
+			}
+			cmd.ReserveWAL = v
+		case "snapshot", "two_phase":
+			return errorf("42601", "conflicting or redundant options")
+		default:
+			// An elog in the walsender, hence XX000.
+			return errorf("XX000", "unrecognized option: %s", o.name)
+		}
+	}
+	return nil
+}
+
+// boolean reads the option's value as defGetBoolean does: no value is true;
+// integers 0 and 1; true, false, on, off in any case.
+func (o slotOption) boolean() (bool, bool) {
+	switch o.kind {
+	case tokEOF:
 		return true, true
-	case "false", "off", "no", "0", "f", "n":
+	case tokUint:
+		switch v, err := strconv.ParseUint(o.value, 10, 64); {
+		case err == nil && v == 0:
+			return false, true
+		case err == nil && v == 1:
+			return true, true
+		}
+		return false, false
+	}
+	switch {
+	case strings.EqualFold(o.value, "true"), strings.EqualFold(o.value, "on"):
+		return true, true
+	case strings.EqualFold(o.value, "false"), strings.EqualFold(o.value, "off"):
 		return false, true
 	}
 	return false, false
 }
 
-func (p *parser) startReplication(cmd *Command) error {
-	var err error
-	if p.acceptKeyword("SLOT") {
-		if cmd.Slot, err = p.ident(); err != nil {
-			return err
+// parser is a recursive-descent parser over a lexer with one token of
+// lookahead; tokens are lexed only as the grammar reaches them, so a lexical
+// error after a syntax error is never reported, as with bison.
+type parser struct {
+	lex     lexer
+	ahead   token
+	hasNext bool
+}
+
+func (p *parser) peek() (token, error) {
+	if !p.hasNext {
+		t, err := p.lex.next()
+		if err != nil {
+			return token{}, err
 		}
+		p.ahead, p.hasNext = t, true
 	}
-	if p.acceptKeyword("LOGICAL") {
-		cmd.Logical = true
-	} else {
-		p.acceptKeyword("PHYSICAL")
+	return p.ahead, nil
+}
+
+// take consumes the token peek returned.
+func (p *parser) take() { p.hasNext = false }
+
+func (p *parser) next() (token, error) {
+	t, err := p.peek()
+	p.take()
+	return t, err
+}
+
+func (p *parser) acceptKeyword(kw string) (bool, error) {
+	t, err := p.peek()
+	if err != nil || !t.isKeyword(kw) {
+		return false, err
 	}
-	t := p.peek()
-	if t.kind != tokLSN {
-		return p.syntaxError()
+	p.take()
+	return true, nil
+}
+
+func (p *parser) acceptChar(c byte) (bool, error) {
+	t, err := p.peek()
+	if err != nil || !t.isChar(c) {
+		return false, err
 	}
-	p.pos++
-	hi, lo, _ := strings.Cut(t.text, "/")
-	if len(hi) > 8 || len(lo) > 8 {
-		return errorf("42601", "invalid streaming start location")
+	p.take()
+	return true, nil
+}
+
+func (p *parser) ident() (string, error) {
+	t, err := p.next()
+	if err != nil {
+		return "", err
 	}
-	if cmd.StartLSN, err = walstream.ParseLSN(t.text); err != nil {
-		return errorf("42601", "invalid streaming start location")
+	if t.kind != tokIdent {
+		return "", syntaxError(t)
 	}
-	if cmd.Logical {
-		if cmd.Slot == "" {
-			return p.syntaxError()
-		}
-		if p.acceptPunct("(") {
-			depth := 1
-			for depth > 0 {
-				switch t := p.next(); {
-				case t.kind == tokEOF:
-					return p.syntaxError()
-				case t.kind == tokPunct && t.text == "(":
-					depth++
-				case t.kind == tokPunct && t.text == ")":
-					depth--
-				}
-			}
-		}
-		return nil
+	return t.text, nil
+}
+
+// identOrKeyword is an identifier or a keyword, which names an option in
+// lower case.
+func (p *parser) identOrKeyword() (string, error) {
+	t, err := p.next()
+	switch {
+	case err != nil:
+		return "", err
+	case t.kind == tokIdent:
+		return t.text, nil
+	case t.kind == tokKeyword:
+		return strings.ToLower(t.text), nil
 	}
-	if p.acceptKeyword("TIMELINE") {
-		if cmd.Timeline, err = p.timeline(); err != nil {
-			return err
-		}
+	return "", syntaxError(t)
+}
+
+// end accepts an optional semicolon and then requires the end of input.
+func (p *parser) end() error {
+	if _, err := p.acceptChar(';'); err != nil {
+		return err
+	}
+	t, err := p.next()
+	if err != nil {
+		return err
+	}
+	if t.kind != tokEOF {
+		return syntaxError(t)
 	}
 	return nil
 }
+
+func syntaxError(t token) *PGError {
+	if t.kind == tokEOF {
+		return errorf("42601", "syntax error at end of input")
+	}
+	return errorf("42601", "syntax error at or near \"%s\"", t.raw)
+}
+
+type tokKind int
+
+const (
+	tokEOF     tokKind = iota
+	tokKeyword         // text: the keyword
+	tokIdent           // text: lower-cased if bare, verbatim if quoted; truncated to 63 bytes
+	tokLSN             // lsn: the value
+	tokUint            // text: the digits
+	tokString          // text: the literal's value
+	tokChar            // any other byte: ( ) , ; . and the rest
+)
+
+type token struct {
+	kind tokKind
+	text string
+	raw  string // as written, for error messages
+	lsn  walstream.LSN
+}
+
+func (t token) isKeyword(kw string) bool { return t.kind == tokKeyword && t.text == kw }
+func (t token) isChar(c byte) bool       { return t.kind == tokChar && t.text[0] == c }
+
+// lexer splits a query into tokens the way repl_scanner.l does: the longest
+// match wins, so "0/3000000" and even "abc/1" are LSNs, "SHOWx" is an
+// identifier, and a byte it does not know is a token of its own.
+type lexer struct {
+	q   string
+	pos int
+}
+
+func (l *lexer) next() (token, error) {
+	for l.pos < len(l.q) && isSpace(l.q[l.pos]) {
+		l.pos++
+	}
+	if l.pos >= len(l.q) {
+		return token{kind: tokEOF}, nil
+	}
+	start, c := l.pos, l.q[l.pos]
+	switch {
+	case c == '\'' || c == '"':
+		s, n, ok := unquote(l.q[start:], c)
+		if !ok {
+			// repl_scanner.l says this for both kinds of quote.
+			return token{}, errorf("42601", "unterminated quoted string")
+		}
+		l.pos += n
+		if c == '\'' {
+			return token{kind: tokString, text: s, raw: l.q[start:l.pos]}, nil
+		}
+		return token{kind: tokIdent, text: truncateIdent(s), raw: l.q[start:l.pos]}, nil
+	case isHex(c):
+		if n := lsnLen(l.q[start:]); n > 0 {
+			l.pos += n
+			return l.lsnToken(l.q[start:l.pos])
+		}
+	}
+	switch {
+	case isDigit(c):
+		l.pos = scan(l.q, start, isDigit)
+		return token{kind: tokUint, text: l.q[start:l.pos], raw: l.q[start:l.pos]}, nil
+	case isIdentStart(c):
+		l.pos = scan(l.q, start, isIdentCont)
+		word := l.q[start:l.pos]
+		if replKeywords[word] {
+			return token{kind: tokKeyword, text: word, raw: word}, nil
+		}
+		return token{kind: tokIdent, text: truncateIdent(asciiLower(word)), raw: word}, nil
+	}
+	l.pos++
+	return token{kind: tokChar, text: l.q[start:l.pos], raw: l.q[start:l.pos]}, nil
+}
+
+// lsnToken converts hex/hex; each half must fit in 32 bits.
+func (l *lexer) lsnToken(s string) (token, error) {
+	hi, lo, _ := strings.Cut(s, "/")
+	h, err1 := strconv.ParseUint(hi, 16, 32)
+	o, err2 := strconv.ParseUint(lo, 16, 32)
+	if err1 != nil || err2 != nil {
+		return token{}, errorf("42601", "invalid streaming start location")
+	}
+	return token{kind: tokLSN, raw: s, lsn: walstream.LSN(h<<32 | o)}, nil
+}
+
+// unquote reads a literal opened by s[0] == q in which a doubled quote
+// stands for one. It returns the value and the bytes consumed.
+func unquote(s string, q byte) (string, int, bool) {
+	var b strings.Builder
+	for i := 1; i < len(s); i++ {
+		if s[i] != q {
+			b.WriteByte(s[i])
+			continue
+		}
+		if i+1 < len(s) && s[i+1] == q {
+			b.WriteByte(q)
+			i++
+			continue
+		}
+		return b.String(), i + 1, true
+	}
+	return "", 0, false
+}
+
+// lsnLen returns the length of hex+/hex+ at the start of s, or 0.
+func lsnLen(s string) int {
+	i := scan(s, 0, isHex)
+	if i == 0 || i+1 >= len(s) || s[i] != '/' || !isHex(s[i+1]) {
+		return 0
+	}
+	return scan(s, i+1, isHex)
+}
+
+func scan(s string, i int, ok func(byte) bool) int {
+	for i < len(s) && ok(s[i]) {
+		i++
+	}
+	return i
+}
+
+// asciiLower folds A-Z only, as PostgreSQL does for a multibyte server
+// encoding: "Ä" stays "Ä".
+func asciiLower(s string) string {
+	b := []byte(s)
+	for i, c := range b {
+		if c >= 'A' && c <= 'Z' {
+			b[i] = c + 'a' - 'A'
+		}
+	}
+	return string(b)
+}
+
+// truncateIdent cuts an identifier to NAMEDATALEN-1 bytes without splitting
+// a UTF-8 character, as PostgreSQL does (with a NOTICE we do not send).
+func truncateIdent(s string) string {
+	if len(s) <= maxIdentifierLen {
+		return s
+	}
+	n := maxIdentifierLen
+	for n > 0 && s[n]&0xC0 == 0x80 {
+		n--
+	}
+	return s[:n]
+}
+
+func isSpace(c byte) bool {
+	return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v'
+}
+func isDigit(c byte) bool { return c >= '0' && c <= '9' }
+func isHex(c byte) bool   { return isDigit(c) || c >= 'a' && c <= 'f' || c >= 'A' && c <= 'F' }
+func isIdentStart(c byte) bool {
+	return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c == '_' || c >= 0x80
+}
+func isIdentCont(c byte) bool { return isIdentStart(c) || isDigit(c) || c == '$' }
