@@ -263,7 +263,7 @@ func cpuRun(b *testing.B, primary *pgcluster.Cluster, n, port int, pids func() [
 			break
 		}
 		if time.Now().After(deadline) {
-			b.Fatalf("consumers did not reach %s", fmtLSN(target))
+			b.Fatalf("consumers did not reach %s", pgcluster.FormatLSN(target))
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
@@ -276,7 +276,7 @@ func cpuRun(b *testing.B, primary *pgcluster.Cluster, n, port int, pids func() [
 // discard streams from start and reports the end of what it received.
 func discard(ctx context.Context, conn *pgconn.PgConn, start uint64, progress func(uint64)) {
 	fe := conn.Frontend()
-	fe.Send(&pgproto3.Query{String: fmt.Sprintf("START_REPLICATION %s TIMELINE 1", fmtLSN(start))})
+	fe.Send(&pgproto3.Query{String: fmt.Sprintf("START_REPLICATION %s TIMELINE 1", pgcluster.FormatLSN(start))})
 	fe.Flush()
 	var buf []byte
 	for ctx.Err() == nil {

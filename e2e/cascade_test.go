@@ -8,6 +8,8 @@ import (
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/walrelay/walrelay/internal/pgcluster"
 )
 
 // A relay can sit under a PostgreSQL standby (native cascading upstream):
@@ -44,9 +46,9 @@ func TestStalledChildDoesNotSlowStandbys(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pos, _ := parseLSNText(string(sys[0].Rows[0][2]))
+	pos, _ := pgcluster.ParseLSN(string(sys[0].Rows[0][2]))
 	fe := stalled.Frontend()
-	fe.Send(&pgproto3.Query{String: fmt.Sprintf("START_REPLICATION %s TIMELINE 1", fmtLSN(pos/(16<<20)*(16<<20)))})
+	fe.Send(&pgproto3.Query{String: fmt.Sprintf("START_REPLICATION %s TIMELINE 1", pgcluster.FormatLSN(pos/(16<<20)*(16<<20)))})
 	if err := fe.Flush(); err != nil {
 		t.Fatal(err)
 	}
@@ -59,13 +61,7 @@ func TestStalledChildDoesNotSlowStandbys(t *testing.T) {
 	ds, _ := relay.Status(t)["downstreams"].([]any)
 	for _, d := range ds {
 		if m, _ := d.(map[string]any); m["application_name"] == "stalled" {
-			t.Logf("stalled child: sent %v, flushed %v; relay durable %s", m["sent_lsn"], m["flush_lsn"], fmtLSN(relayDurable(t, relay)))
+			t.Logf("stalled child: sent %v, flushed %v; relay durable %s", m["sent_lsn"], m["flush_lsn"], pgcluster.FormatLSN(relayDurable(t, relay)))
 		}
 	}
-}
-
-func parseLSNText(s string) (uint64, error) {
-	var hi, lo uint32
-	_, err := fmt.Sscanf(s, "%X/%X", &hi, &lo)
-	return uint64(hi)<<32 | uint64(lo), err
 }

@@ -11,8 +11,6 @@ import (
 	"github.com/walrelay/walrelay/internal/pgcluster"
 )
 
-var pgbenchTables = []string{"pgbench_accounts", "pgbench_branches", "pgbench_tellers", "pgbench_history"}
-
 // assertConverged waits until every standby has replayed the primary's
 // current flush position and checks that their pgbench tables match.
 func assertConverged(t *testing.T, primary *pgcluster.Cluster, standbys ...*pgcluster.Cluster) {
@@ -33,25 +31,11 @@ func assertConverged(t *testing.T, primary *pgcluster.Cluster, standbys ...*pgcl
 			t.Fatalf("standby %s: %v", sb.Name, err)
 		}
 	}
-	for _, table := range pgbenchTables {
-		want, err := primary.TableChecksum(ctx, table)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, sb := range standbys {
-			got, err := sb.TableChecksum(ctx, table)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if got != want {
-				t.Errorf("standby %s: %s checksum %s, primary %s", sb.Name, table, got, want)
-			}
-		}
+	if err := primary.CompareTables(ctx, pgcluster.PgbenchTables, standbys...); err != nil {
+		t.Error(err)
 	}
-	t.Logf("%d standbys replayed %s with matching checksums", len(standbys), fmtLSN(target))
+	t.Logf("%d standbys replayed %s with matching checksums", len(standbys), pgcluster.FormatLSN(target))
 }
-
-func fmtLSN(l uint64) string { return fmt.Sprintf("%X/%X", uint32(l>>32), uint32(l)) }
 
 // Three unmodified standbys stream through one relay under pgbench; each
 // reaches the primary's final LSN with identical table contents.
@@ -151,15 +135,14 @@ func TestReceiveWALByteIdentical(t *testing.T) {
 func relayDurable(t testing.TB, r *relayProc) uint64 {
 	st := r.Status(t)
 	s, _ := st["durable_lsn"].(string)
-	var hi, lo uint32
-	fmt.Sscanf(s, "%X/%X", &hi, &lo)
-	return uint64(hi)<<32 | uint64(lo)
+	lsn, _ := pgcluster.ParseLSN(s)
+	return lsn
 }
 
 // waitRelayDurable waits until the relay's durable end reaches lsn.
 func waitRelayDurable(t testing.TB, r *relayProc, lsn uint64, timeout time.Duration) {
 	t.Helper()
-	waitFor(t, timeout, fmt.Sprintf("relay %s durable at %s", r.ID, fmtLSN(lsn)), func() (bool, error) {
+	waitFor(t, timeout, fmt.Sprintf("relay %s durable at %s", r.ID, pgcluster.FormatLSN(lsn)), func() (bool, error) {
 		return relayDurable(t, r) >= lsn, nil
 	})
 }

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/walrelay/walrelay/internal/pgcluster"
 )
 
 // Retention bounds hold: a relay-local slot whose client never comes back
@@ -48,7 +50,7 @@ func TestRetentionCapInvalidatesSlot(t *testing.T) {
 		}
 		return held <= 48<<20+16<<20, nil
 	})
-	t.Logf("generated %s of WAL; the relay holds %d MB", fmtLSN(target), held>>20)
+	t.Logf("generated %s of WAL; the relay holds %d MB", pgcluster.FormatLSN(target), held>>20)
 	if !relayLogContains(t, relay, "invalidating replication slot") {
 		t.Error("invalidation was not logged")
 	}

@@ -107,7 +107,8 @@ func (s *Server) RunRetention(ctx context.Context, store *walstream.Store, p Ret
 func (s *Server) applyRetention(store *walstream.Store, p RetentionPolicy, now time.Time) {
 	_, end := store.DurableEnd()
 	needed, have := s.OldestNeeded()
-	plan := planRetention(p, store.SegmentInfos(), end, s.slots.list(), needed, have, now)
+	segs := store.SegmentInfos()
+	plan := planRetention(p, segs, end, s.slots.list(), needed, have, now)
 	for _, name := range plan.invalidate {
 		s.log.Error("invalidating replication slot: the WAL it needs exceeds --max-retained-size",
 			"slot", name, "max_retained_size", p.MaxRetainedSize, "keep_from", plan.keepFrom.String())
@@ -120,8 +121,16 @@ func (s *Server) applyRetention(store *walstream.Store, p RetentionPolicy, now t
 	} else if n > 0 {
 		s.log.Info("removed old WAL segments", "count", n, "keep_from", plan.keepFrom.String())
 	}
+	// What is left is what RemoveBefore kept of the same list.
 	var held int64
-	for _, seg := range store.SegmentInfos() {
+	segSize := walstream.LSN(0)
+	if id, ok := s.cfg.Source.Identity(); ok {
+		segSize = walstream.LSN(id.SegmentSize)
+	}
+	for _, seg := range segs {
+		if err == nil && seg.Complete && seg.Start+segSize <= plan.keepFrom {
+			continue
+		}
 		held += seg.Bytes
 	}
 	s.m.storeBytes.Set(float64(held))

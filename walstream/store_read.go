@@ -146,27 +146,6 @@ func (s *Store) OldestLSN(tli TimeLineID) (LSN, bool) {
 	return LSN(oldest * s.meta.SegmentSize), found
 }
 
-// Segments lists the held segments' file names, oldest first.
-func (s *Store) Segments() []string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	keys := make([]segKey, 0, len(s.segs))
-	for k := range s.segs {
-		keys = append(keys, k)
-	}
-	sort.Slice(keys, func(i, j int) bool {
-		if keys[i].no != keys[j].no {
-			return keys[i].no < keys[j].no
-		}
-		return keys[i].tli < keys[j].tli
-	})
-	names := make([]string, len(keys))
-	for i, k := range keys {
-		names[i] = SegmentFileName(k.tli, k.no, s.meta.SegmentSize)
-	}
-	return names
-}
-
 // History returns the stored history file of timeline tli.
 func (s *Store) History(tli TimeLineID) ([]byte, bool) {
 	s.mu.Lock()

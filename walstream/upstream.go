@@ -38,12 +38,9 @@ type UpstreamConfig struct {
 	Compression string
 	// Feedback, if set, supplies the hot standby feedback to forward to the
 	// parent (the oldest xmin the children's queries need).
-	Feedback FeedbackSource
-	// StartupParams are sent in the startup packet besides replication and
-	// application_name.
-	StartupParams map[string]string
-	Logger        *slog.Logger
-	Registerer    prometheus.Registerer
+	Feedback   FeedbackSource
+	Logger     *slog.Logger
+	Registerer prometheus.Registerer
 }
 
 // Validate checks the configuration and fills in defaults.
@@ -302,10 +299,7 @@ func (e *storeError) Unwrap() error { return e.err }
 
 // stream runs one connection: handshake, then the CopyBoth loop.
 func (u *Upstream) stream(ctx context.Context, log *slog.Logger, connString string) error {
-	params := make(map[string]string, len(u.cfg.StartupParams)+1)
-	for k, v := range u.cfg.StartupParams {
-		params[k] = v
-	}
+	params := map[string]string{}
 	if u.cfg.Compression == CompressionZstd {
 		params[CompressionParam] = CompressionZstd
 	}

@@ -181,23 +181,11 @@ func runDemo(ctx context.Context, out io.Writer, f demoFlags) error {
 		}
 	}
 	printTree(ctx, out, primary, node.Status(), standbys)
-	for _, table := range []string{"pgbench_accounts", "pgbench_branches", "pgbench_tellers", "pgbench_history"} {
-		want, err := primary.TableChecksum(ctx, table)
-		if err != nil {
-			return err
-		}
-		for _, sb := range standbys {
-			got, err := sb.TableChecksum(ctx, table)
-			if err != nil {
-				return err
-			}
-			if got != want {
-				return fmt.Errorf("%s: %s differs from the primary", sb.Name, table)
-			}
-		}
+	if err := primary.CompareTables(ctx, pgcluster.PgbenchTables, standbys...); err != nil {
+		return err
 	}
 	fmt.Fprintf(out, "\nall %d standbys replayed %s through the relay; pgbench tables identical to the primary's\n",
-		len(standbys), lsnText(target))
+		len(standbys), pgcluster.FormatLSN(target))
 	return nil
 }
 
@@ -218,8 +206,6 @@ func waitUntil(ctx context.Context, d time.Duration, cond func() bool) error {
 	return nil
 }
 
-func lsnText(l uint64) string { return fmt.Sprintf("%X/%X", uint32(l>>32), uint32(l)) }
-
 // printTree shows primary -> relay -> standbys with positions and lag. The
 // primary is read last so that it is never shown behind its descendants.
 func printTree(ctx context.Context, out io.Writer, primary *pgcluster.Cluster, rs relay.NodeStatus, standbys []*pgcluster.Cluster) {
@@ -232,7 +218,7 @@ func printTree(ctx context.Context, out io.Writer, primary *pgcluster.Cluster, r
 	row := func(node, addr, lsn, lag string) { fmt.Fprintf(&b, "%-24s %-16s %-14s %s\n", node, addr, lsn, lag) }
 	b.WriteString("\n")
 	row("NODE", "ADDRESS", "LSN", "LAG BEHIND PRIMARY")
-	row("primary", fmt.Sprintf(":%d", primary.Port), lsnText(pLSN), "-")
+	row("primary", fmt.Sprintf(":%d", primary.Port), pgcluster.FormatLSN(pLSN), "-")
 	row("└─ relay "+rs.NodeID, "", rs.DurableLSN.String(), fmtBytes(int64(pLSN)-int64(rs.DurableLSN)))
 	byApp := map[string]relay.SessionStatus{}
 	for _, d := range rs.Downstreams {
@@ -249,7 +235,7 @@ func printTree(ctx context.Context, out io.Writer, primary *pgcluster.Cluster, r
 		} else {
 			lag += " (not connected to the relay)"
 		}
-		row("   "+branch+" "+sb.Name, fmt.Sprintf(":%d", sb.Port), lsnText(replays[i]), lag)
+		row("   "+branch+" "+sb.Name, fmt.Sprintf(":%d", sb.Port), pgcluster.FormatLSN(replays[i]), lag)
 	}
 	fmt.Fprint(out, b.String())
 }

@@ -2,6 +2,7 @@ package pgcluster
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -142,4 +143,30 @@ func (c *Cluster) Pgbench(ctx context.Context, clients int, d time.Duration, ext
 	args = append(args, extra...)
 	args = append(args, "postgres")
 	return c.run(ctx, "pgbench", args...)
+}
+
+// PgbenchTables are the tables `pgbench -i` creates.
+var PgbenchTables = []string{"pgbench_accounts", "pgbench_branches", "pgbench_tellers", "pgbench_history"}
+
+// CompareTables checks that each of others holds the same rows as c in
+// every table (TableChecksum). The error names every table and cluster
+// that differs.
+func (c *Cluster) CompareTables(ctx context.Context, tables []string, others ...*Cluster) error {
+	var diffs []error
+	for _, table := range tables {
+		want, err := c.TableChecksum(ctx, table)
+		if err != nil {
+			return err
+		}
+		for _, o := range others {
+			got, err := o.TableChecksum(ctx, table)
+			if err != nil {
+				return err
+			}
+			if got != want {
+				diffs = append(diffs, fmt.Errorf("%s: %s checksum %s, %s has %s", o.Name, table, got, c.Name, want))
+			}
+		}
+	}
+	return errors.Join(diffs...)
 }
