@@ -271,3 +271,35 @@ func (ss *slotStore) oldest() (walstream.LSN, bool) {
 	}
 	return min, found
 }
+
+// EnsureSlot makes sure a persistent slot named name exists and holds WAL
+// from restart on: it creates the slot there when missing and otherwise only
+// moves it forward. The managers call it (through the relay's agent) on every
+// relay that may become a standby's parent, so the standby finds its slot,
+// holding what it still needs, wherever it is moved.
+func (s *Server) EnsureSlot(name string, restart walstream.LSN) (created bool, err error) {
+	if err := checkSlotName(name); err != nil {
+		return false, err
+	}
+	tli, _ := s.cfg.Source.DurableEnd()
+	ss := s.slots
+	ss.mu.Lock()
+	sl, ok := ss.slots[name]
+	ss.mu.Unlock()
+	if !ok {
+		if err := ss.create(name, false, restart, tli); err != nil {
+			var pe *PGError
+			if errors.As(err, &pe) && pe.Code == "42710" {
+				return false, nil // created meanwhile by a client
+			}
+			return false, err
+		}
+		s.log.Info("created replication slot for a managed standby", "slot", name, "restart_lsn", restart)
+		return true, nil
+	}
+	if sl.Temporary {
+		return false, fmt.Errorf("slot %s is a temporary slot of a client", name)
+	}
+	ss.advance(name, restart)
+	return false, nil
+}

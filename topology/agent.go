@@ -4,6 +4,8 @@ import (
 	"context"
 	"log/slog"
 	"time"
+
+	"github.com/walrelay/walrelay/walstream"
 )
 
 // Agent is a relay's link to the managers: it registers the relay,
@@ -17,6 +19,11 @@ type Agent struct {
 	// OnParent is called with the assigned parent's connection string each
 	// time it changes (and once at start when one is assigned).
 	OnParent func(conninfo string)
+	// Report, when set, supplies the positions sent with each heartbeat.
+	Report func() RelayReport
+	// EnsureSlot, when set, creates or advances a slot the managers want
+	// held for a standby that may be moved to this relay.
+	EnsureSlot func(name string, restart walstream.LSN) (created bool, err error)
 	Logger   *slog.Logger
 	// Heartbeat is the interval between heartbeats. Default 1 s.
 	Heartbeat time.Duration
@@ -76,9 +83,21 @@ func (a *Agent) heartbeat(ctx context.Context) {
 	t := time.NewTicker(a.Heartbeat)
 	defer t.Stop()
 	for {
+		var rep *RelayReport
+		if a.Report != nil {
+			r := a.Report()
+			rep = &r
+		}
 		hctx, cancel := context.WithTimeout(ctx, a.Heartbeat*3)
-		a.Client.Heartbeat(hctx, a.Name)
+		resp, err := a.Client.Heartbeat(hctx, a.Name, rep)
 		cancel()
+		if err == nil && a.EnsureSlot != nil {
+			for _, w := range resp.Slots {
+				if _, err := a.EnsureSlot(w.Name, w.RestartLSN); err != nil {
+					a.Logger.Warn("cannot hold a slot for a managed standby", "slot", w.Name, "standby", w.Standby, "err", err)
+				}
+			}
+		}
 		select {
 		case <-ctx.Done():
 			return

@@ -2,6 +2,7 @@ package topology
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -19,6 +20,9 @@ type TreeResponse struct {
 	Leader      string `json:"leader"`
 	CommitIndex uint64 `json:"commit_index"`
 	AppliedIdx  uint64 `json:"applied_index"`
+	// Status is the leader's latest view of positions and lag; absent when
+	// the leader cannot be asked (the tree itself is still this member's).
+	Status *StatusResponse `json:"status,omitempty"`
 }
 
 // CommandResponse is POST /v1/command's answer.
@@ -41,6 +45,9 @@ func (m *Manager) api() http.Handler {
 	mux.HandleFunc("POST /v1/command", m.handleCommand)
 	mux.HandleFunc("POST /v1/join", m.handleJoin)
 	mux.HandleFunc("POST /v1/heartbeat", m.handleHeartbeat)
+	mux.HandleFunc("GET /v1/status", m.handleStatus)
+	mux.HandleFunc("GET /v1/members", m.handleMembers)
+	mux.HandleFunc("POST /v1/members/remove", m.handleRemoveMember)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("ok\n")) })
 	return mux
 }
@@ -51,8 +58,50 @@ func (m *Manager) treeResponse() TreeResponse {
 		CommitIndex: m.raft.CommitIndex(), AppliedIdx: m.raft.AppliedIndex()}
 }
 
-func (m *Manager) handleTree(w http.ResponseWriter, _ *http.Request) {
-	writeJSON(w, http.StatusOK, m.treeResponse())
+func (m *Manager) handleTree(w http.ResponseWriter, r *http.Request) {
+	tr := m.treeResponse()
+	if r.URL.Query().Get("status") != "0" {
+		tr.Status = m.status(r.Context())
+	}
+	writeJSON(w, http.StatusOK, tr)
+}
+
+// status is the leader's view of positions: computed here when this member
+// leads, asked of the leader otherwise (briefly: the tree must be served
+// even when the leader is unreachable).
+func (m *Manager) status(ctx context.Context) *StatusResponse {
+	url, ok := m.leaderURL()
+	if !ok {
+		return nil
+	}
+	if url == "" {
+		st := m.localStatus()
+		return &st
+	}
+	ctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url+"/v1/status", nil)
+	if err != nil {
+		return nil
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return nil
+	}
+	defer resp.Body.Close()
+	var st StatusResponse
+	if resp.StatusCode != http.StatusOK || json.NewDecoder(resp.Body).Decode(&st) != nil {
+		return nil
+	}
+	return &st
+}
+
+func (m *Manager) handleStatus(w http.ResponseWriter, r *http.Request) {
+	if st := m.status(r.Context()); st != nil {
+		writeJSON(w, http.StatusOK, st)
+		return
+	}
+	writeJSON(w, http.StatusServiceUnavailable, CommandResponse{Error: "no leader to ask for node status"})
 }
 
 // handleWatch long-polls: it answers once the epoch is above ?epoch= or

@@ -92,8 +92,27 @@ func (c *Client) Join(ctx context.Context, j JoinRequest) error {
 	return c.do(ctx, http.MethodPost, "/v1/join", j, &cr)
 }
 
-// Heartbeat reports that the named node is alive.
-func (c *Client) Heartbeat(ctx context.Context, name string) error {
+// Heartbeat reports that the named node is alive, with its positions when
+// rep is not nil; the answer lists the slots the node should hold.
+func (c *Client) Heartbeat(ctx context.Context, name string, rep *RelayReport) (*HeartbeatResponse, error) {
+	var hr HeartbeatResponse
+	return &hr, c.do(ctx, http.MethodPost, "/v1/heartbeat", HeartbeatRequest{Name: name, Report: rep}, &hr)
+}
+
+// Status reads every node's positions and lag as the leader sees them.
+func (c *Client) Status(ctx context.Context) (*StatusResponse, error) {
+	var st StatusResponse
+	return &st, c.do(ctx, http.MethodGet, "/v1/status", nil, &st)
+}
+
+// Members lists the managers in the Raft configuration.
+func (c *Client) Members(ctx context.Context) (*MembersResponse, error) {
+	var mr MembersResponse
+	return &mr, c.do(ctx, http.MethodGet, "/v1/members", nil, &mr)
+}
+
+// RemoveMember takes a manager out of the cluster.
+func (c *Client) RemoveMember(ctx context.Context, id string) error {
 	var cr CommandResponse
-	return c.do(ctx, http.MethodPost, "/v1/heartbeat", HeartbeatRequest{Name: name}, &cr)
+	return c.do(ctx, http.MethodPost, "/v1/members/remove", LeaveRequest{ID: id}, &cr)
 }

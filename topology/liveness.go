@@ -20,13 +20,8 @@ type liveness struct {
 	since    time.Time // when this member last became leader
 }
 
-// HeartbeatRequest is POST /v1/heartbeat.
-type HeartbeatRequest struct {
-	Name string `json:"name"`
-}
-
 func (m *Manager) handleHeartbeat(w http.ResponseWriter, r *http.Request) {
-	body, _ := io.ReadAll(io.LimitReader(r.Body, 4096))
+	body, _ := io.ReadAll(io.LimitReader(r.Body, 1<<16))
 	var hb HeartbeatRequest
 	if err := json.Unmarshal(body, &hb); err != nil || hb.Name == "" {
 		writeJSON(w, http.StatusBadRequest, CommandResponse{Error: "heartbeat needs a name"})
@@ -38,7 +33,11 @@ func (m *Manager) handleHeartbeat(w http.ResponseWriter, r *http.Request) {
 	m.live.mu.Lock()
 	m.live.lastSeen[hb.Name] = time.Now()
 	m.live.mu.Unlock()
-	writeJSON(w, http.StatusOK, CommandResponse{Epoch: m.fsm.Tree().Epoch})
+	resp := HeartbeatResponse{Epoch: m.fsm.Tree().Epoch}
+	if hb.Report != nil {
+		resp.Slots = m.obs.noteRelay(hb.Name, *hb.Report)
+	}
+	writeJSON(w, http.StatusOK, resp)
 }
 
 // superviseOnce is one pass of the leader's loop: mark relays that missed

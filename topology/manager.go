@@ -62,6 +62,10 @@ type Manager struct {
 	ln    net.Listener
 	http  *http.Server
 	live  liveness
+	obs   *observer
+	// joined is set once this member has seen itself in the Raft
+	// configuration; only the Run loop touches it.
+	joined bool
 }
 
 // NewManager opens the member's state and binds its listeners.
@@ -73,7 +77,7 @@ func NewManager(cfg ManagerConfig) (*Manager, error) {
 		return nil, err
 	}
 	m := &Manager{cfg: cfg, log: cfg.Logger.With("manager", cfg.NodeID), fsm: NewFSM(),
-		live: liveness{lastSeen: map[string]time.Time{}}}
+		live: liveness{lastSeen: map[string]time.Time{}}, obs: newObserver()}
 	var err error
 	if m.store, err = raftboltdb.New(raftboltdb.Options{Path: filepath.Join(cfg.DataDir, "raft.db")}); err != nil {
 		return nil, fmt.Errorf("open raft store: %w", err)
@@ -145,8 +149,10 @@ func (m *Manager) Run(ctx context.Context) error {
 	m.log.Info("manager started", "raft", m.cfg.RaftAddr, "http", m.ln.Addr().String(), "bootstrap", m.cfg.Bootstrap)
 	sctx, stopSupervise := context.WithCancel(ctx)
 	superviseDone := make(chan struct{})
+	observeDone := make(chan struct{})
 	go func() { defer close(superviseDone); m.supervise(sctx, 500*time.Millisecond) }()
-	defer func() { stopSupervise(); <-superviseDone }()
+	go func() { defer close(observeDone); m.observe(sctx, time.Second) }()
+	defer func() { stopSupervise(); <-superviseDone; <-observeDone }()
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
 	for {
@@ -167,17 +173,25 @@ func (m *Manager) Run(ctx context.Context) error {
 	}
 }
 
-// ensureMembership joins the cluster through Join URLs until this member is
-// in the configuration, and makes sure its HTTP address is in the tree.
+// ensureMembership joins the cluster through Join URLs until this member
+// first appears in the Raft configuration, and, while leading, makes sure
+// its HTTP address is in the tree. Once a member, it never asks to join
+// again: an operator who removed it (walrelay members remove) meant it.
 func (m *Manager) ensureMembership(ctx context.Context) {
-	if m.fsm.Tree().Managers[m.cfg.NodeID] == "http://"+m.advertisedHTTP() {
-		return
+	inConfig := false
+	if f := m.raft.GetConfiguration(); f.Error() == nil {
+		for _, s := range f.Configuration().Servers {
+			inConfig = inConfig || s.ID == raft.ServerID(m.cfg.NodeID)
+		}
 	}
-	if m.raft.State() == raft.Leader {
+	if inConfig {
+		m.joined = true
+	}
+	if inConfig && m.raft.State() == raft.Leader && m.fsm.Tree().Managers[m.cfg.NodeID] != "http://"+m.advertisedHTTP() {
 		m.raft.Apply(Command{Op: OpManager, Name: m.cfg.NodeID, Conninfo: "http://" + m.advertisedHTTP()}.Encode(), 5*time.Second)
 		return
 	}
-	if len(m.cfg.Join) == 0 {
+	if m.joined || len(m.cfg.Join) == 0 {
 		return
 	}
 	c := &Client{URLs: m.cfg.Join}

@@ -168,7 +168,7 @@ func TestManagerReparentsOnRelayFailure(t *testing.T) {
 			mu.Lock()
 			for name, on := range beating {
 				if on {
-					c.Heartbeat(hbCtx, name)
+					c.Heartbeat(hbCtx, name, nil)
 				}
 			}
 			mu.Unlock()

@@ -27,7 +27,7 @@ func newRootCmd() *cobra.Command {
 		SilenceErrors: true,
 	}
 	root.AddCommand(newRelayCmd(), newVersionCmd(), newDemoCmd(),
-		newManagerCmd(), newTreeCmd(), newPrimaryCmd(), newStandbyCmd(), newMoveCmd())
+		newManagerCmd(), newTreeCmd(), newStatusCmd(), newMembersCmd(), newPrimaryCmd(), newStandbyCmd(), newMoveCmd())
 	return root
 }
 

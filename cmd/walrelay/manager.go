@@ -9,12 +9,15 @@ import (
 	"os"
 	"os/signal"
 	"strings"
+	"strconv"
 	"syscall"
+	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/walrelay/walrelay/topology"
+	"github.com/walrelay/walrelay/walstream"
 )
 
 func newManagerCmd() *cobra.Command {
@@ -90,9 +93,189 @@ func addManagerFlag(cmd *cobra.Command, dst *string) {
 
 func newTreeCmd() *cobra.Command {
 	var mgr, output string
+	var watch bool
+	var interval time.Duration
 	cmd := &cobra.Command{
 		Use:   "tree",
-		Short: "Show the replication tree as the managers hold it",
+		Short: "Show the replication tree as the managers hold it, with positions and lag",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := managerClient(mgr)
+			if err != nil {
+				return err
+			}
+			if output != "text" && output != "json" {
+				return fmt.Errorf("--output %q: want text or json", output)
+			}
+			if !watch {
+				return showTree(cmd.Context(), c, cmd.OutOrStdout(), output)
+			}
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			for {
+				var b strings.Builder
+				if err := showTree(ctx, c, &b, output); err != nil {
+					fmt.Fprintf(&b, "walrelay: %v\n", err)
+				}
+				if output == "text" {
+					fmt.Fprint(cmd.OutOrStdout(), "\033[H\033[2J") // clear the terminal
+					fmt.Fprintf(cmd.OutOrStdout(), "%s  (every %s, Ctrl-C to stop)\n", time.Now().Format(time.TimeOnly), interval)
+				}
+				fmt.Fprint(cmd.OutOrStdout(), b.String())
+				select {
+				case <-ctx.Done():
+					return nil
+				case <-time.After(interval):
+				}
+			}
+		},
+	}
+	addManagerFlag(cmd, &mgr)
+	cmd.Flags().StringVarP(&output, "output", "o", "text", "text or json")
+	cmd.Flags().BoolVarP(&watch, "watch", "w", false, "refresh until interrupted")
+	cmd.Flags().DurationVar(&interval, "interval", 2*time.Second, "refresh interval with --watch")
+	return cmd
+}
+
+// fetchTree reads the tree and fails, for scripts, when the member that
+// answered has no leader.
+func fetchTree(ctx context.Context, c *topology.Client) (*topology.TreeResponse, error) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	tr, err := c.Tree(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if tr.Leader == "" {
+		return tr, fmt.Errorf("manager %s has no leader (commit index %d): the tree may be stale", tr.Member, tr.CommitIndex)
+	}
+	return tr, nil
+}
+
+func showTree(ctx context.Context, c *topology.Client, w io.Writer, output string) error {
+	tr, err := fetchTree(ctx, c)
+	if err != nil {
+		return err
+	}
+	if output == "json" {
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		return enc.Encode(tr)
+	}
+	printTopology(w, tr)
+	return nil
+}
+
+func newStatusCmd() *cobra.Command {
+	var mgr, output string
+	cmd := &cobra.Command{
+		Use:   "status NODE",
+		Short: "Show one node's detail: assignment, positions, lag, link",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := managerClient(mgr)
+			if err != nil {
+				return err
+			}
+			tr, err := fetchTree(cmd.Context(), c)
+			if err != nil {
+				return err
+			}
+			n := tr.Tree.Nodes[args[0]]
+			if n == nil {
+				return fmt.Errorf("no node %q in the tree (epoch %d)", args[0], tr.Tree.Epoch)
+			}
+			var st *topology.NodeStatus
+			if tr.Status != nil {
+				if s, ok := tr.Status.Nodes[n.Name]; ok {
+					st = &s
+				}
+			}
+			switch output {
+			case "json":
+				shown := *n
+				shown.Conninfo = topology.Redact(n.Conninfo)
+				enc := json.NewEncoder(cmd.OutOrStdout())
+				enc.SetIndent("", "  ")
+				return enc.Encode(struct {
+					Node   topology.Node        `json:"node"`
+					Status *topology.NodeStatus `json:"status,omitempty"`
+					Epoch  uint64               `json:"epoch"`
+				}{shown, st, tr.Tree.Epoch})
+			case "text":
+				printNodeStatus(cmd.OutOrStdout(), tr, n, st)
+				return nil
+			}
+			return fmt.Errorf("--output %q: want text or json", output)
+		},
+	}
+	addManagerFlag(cmd, &mgr)
+	cmd.Flags().StringVarP(&output, "output", "o", "text", "text or json")
+	return cmd
+}
+
+func printNodeStatus(w io.Writer, tr *topology.TreeResponse, n *topology.Node, st *topology.NodeStatus) {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	row := func(k, v string) { fmt.Fprintf(tw, "%s:\t%s\n", k, v) }
+	row("node", n.Name)
+	row("role", string(n.Kind))
+	row("conninfo", dash(topology.Redact(n.Conninfo)))
+	zt := n.Zone
+	if n.Tier != "" {
+		zt += "/" + string(n.Tier)
+	}
+	row("zone/tier", dash(zt))
+	row("state", string(n.State))
+	if n.Kind != topology.KindPrimary {
+		p := dash(n.Parent)
+		if n.Pinned {
+			p += " (pinned by walrelay move)"
+		}
+		row("assigned parent", p)
+	}
+	if n.Promotable {
+		row("promotable", "yes")
+	}
+	row("children", dash(strings.Join(tr.Tree.Children(n.Name), ", ")))
+	if st == nil {
+		row("positions", "unknown (the leader has no report from this node yet)")
+		tw.Flush()
+		return
+	}
+	if st.Error != "" {
+		row("error", st.Error)
+	}
+	row("timeline", dash(num(st.Timeline)))
+	row("receive lsn", lsnCell(st.ReceiveLSN))
+	row("replay lsn", lsnCell(st.ReplayLSN))
+	primary := "unknown"
+	if tr.Status.PrimaryLSN != 0 {
+		primary = tr.Status.PrimaryLSN.String()
+	}
+	row("lag", fmt.Sprintf("%s, %s behind the primary (at %s)", lagBytes(st.LagBytes), lagTime(st.LagSeconds), primary))
+	if n.Kind != topology.KindPrimary {
+		up := dash(st.Upstream)
+		if st.Streaming {
+			up += ", streaming"
+		} else {
+			up += ", not streaming"
+		}
+		row("streams from", up)
+		row("link", linkCell(n, *st, true))
+	}
+	if st.Slot != "" {
+		row("slot", st.Slot)
+	}
+	row("figures age", fmt.Sprintf("%.1fs", st.AgeSeconds))
+	tw.Flush()
+}
+
+func newMembersCmd() *cobra.Command {
+	cmd := &cobra.Command{Use: "members", Short: "List, add or remove managers"}
+	var mgr, output string
+	list := &cobra.Command{
+		Use:   "list",
+		Short: "List the managers in the Raft configuration",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			c, err := managerClient(mgr)
@@ -101,37 +284,99 @@ func newTreeCmd() *cobra.Command {
 			}
 			ctx, cancel := context.WithTimeout(cmd.Context(), 10*time.Second)
 			defer cancel()
-			tr, err := c.Tree(ctx)
+			mr, err := c.Members(ctx)
 			if err != nil {
 				return err
 			}
-			if tr.Leader == "" {
-				return fmt.Errorf("manager %s has no leader (commit index %d): the tree may be stale", tr.Member, tr.CommitIndex)
-			}
-			switch output {
-			case "json":
+			if output == "json" {
 				enc := json.NewEncoder(cmd.OutOrStdout())
 				enc.SetIndent("", "  ")
-				return enc.Encode(tr)
-			case "text":
-				printTopology(cmd.OutOrStdout(), tr)
-				return nil
-			default:
-				return fmt.Errorf("--output %q: want text or json", output)
+				return enc.Encode(mr)
 			}
+			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 0, 2, ' ', 0)
+			fmt.Fprintln(tw, "ID\tRAFT\tHTTP\tROLE")
+			for _, m := range mr.Members {
+				role := "follower"
+				if m.Leader {
+					role = "leader"
+				}
+				if !m.Voter {
+					role += " (non-voter)"
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", m.ID, m.RaftAddr, dash(m.HTTP), role)
+			}
+			tw.Flush()
+			if mr.Leader == "" {
+				return errors.New("no leader")
+			}
+			return nil
 		},
 	}
-	addManagerFlag(cmd, &mgr)
-	cmd.Flags().StringVarP(&output, "output", "o", "text", "text or json")
+	addManagerFlag(list, &mgr)
+	list.Flags().StringVarP(&output, "output", "o", "text", "text or json")
+
+	var addMgr, raftAddr, httpAddr string
+	add := &cobra.Command{
+		Use:   "add ID",
+		Short: "Add a manager (started without --bootstrap or --join) to the cluster",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := managerClient(addMgr)
+			if err != nil {
+				return err
+			}
+			if raftAddr == "" || httpAddr == "" {
+				return errors.New("--raft-addr and --http are required")
+			}
+			ctx, cancel := context.WithTimeout(cmd.Context(), 15*time.Second)
+			defer cancel()
+			if err := c.Join(ctx, topology.JoinRequest{ID: args[0], RaftAddr: raftAddr, HTTPAddr: splitURLs(httpAddr)[0]}); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "ok, %s added\n", args[0])
+			return nil
+		},
+	}
+	addManagerFlag(add, &addMgr)
+	add.Flags().StringVar(&raftAddr, "raft-addr", "", "the new member's Raft address")
+	add.Flags().StringVar(&httpAddr, "http", "", "the new member's API address")
+
+	var rmMgr string
+	remove := &cobra.Command{
+		Use:   "remove ID",
+		Short: "Remove a manager from the cluster",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := managerClient(rmMgr)
+			if err != nil {
+				return err
+			}
+			ctx, cancel := context.WithTimeout(cmd.Context(), 15*time.Second)
+			defer cancel()
+			if err := c.RemoveMember(ctx, args[0]); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "ok, %s removed\n", args[0])
+			return nil
+		},
+	}
+	addManagerFlag(remove, &rmMgr)
+	cmd.AddCommand(list, add, remove)
 	return cmd
 }
 
-// printTopology draws the tree with box-drawing branches, one node a line.
+// printTopology draws the tree with box-drawing branches, one node a line,
+// with the positions and lag the leader last saw.
 func printTopology(w io.Writer, tr *topology.TreeResponse) {
 	t := tr.Tree
-	fmt.Fprintf(w, "epoch %d, timeline %d, leader %s, served by %s at commit index %d\n\n",
-		t.Epoch, t.Timeline, tr.Leader, tr.Member, tr.CommitIndex)
-	fmt.Fprintf(w, "%-32s %-8s %-14s %s\n", "NODE", "ROLE", "ZONE/TIER", "STATE")
+	primaryAt := "unknown"
+	if tr.Status != nil && tr.Status.PrimaryLSN != 0 {
+		primaryAt = tr.Status.PrimaryLSN.String()
+	}
+	fmt.Fprintf(w, "epoch %d, timeline %d, primary at %s, leader %s, served by %s at commit index %d\n\n",
+		t.Epoch, t.Timeline, primaryAt, tr.Leader, tr.Member, tr.CommitIndex)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "NODE\tROLE\tHOST\tZONE/TIER\tSTATE\tTL\tRECEIVE\tREPLAY\tLAG\tLAG TIME\tLINK")
 	var walk func(name, prefix string, last, root bool)
 	walk = func(name, prefix string, last, root bool) {
 		n := t.Nodes[name]
@@ -148,7 +393,14 @@ func printTopology(w io.Writer, tr *topology.TreeResponse) {
 		if n.Tier != "" {
 			zt += "/" + string(n.Tier)
 		}
-		fmt.Fprintf(w, "%-32s %-8s %-14s %s\n", prefix+branch+name, n.Kind, zt, n.State)
+		var st topology.NodeStatus
+		known := false
+		if tr.Status != nil {
+			st, known = tr.Status.Nodes[name]
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", prefix+branch+name, n.Kind,
+			dash(topology.Endpoint(n.Conninfo)), dash(zt), nodeState(n, st, known), dash(num(st.Timeline)),
+			lsnCell(st.ReceiveLSN), lsnCell(st.ReplayLSN), lagBytes(st.LagBytes), lagTime(st.LagSeconds), linkCell(n, st, known))
 		kids := t.Children(name)
 		for i, k := range kids {
 			walk(k, next, i == len(kids)-1, false)
@@ -163,6 +415,83 @@ func printTopology(w io.Writer, tr *topology.TreeResponse) {
 			walk(name, "", true, true) // unassigned
 		}
 	}
+	tw.Flush()
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+func num(v uint32) string {
+	if v == 0 {
+		return ""
+	}
+	return strconv.FormatUint(uint64(v), 10)
+}
+
+func lsnCell(l walstream.LSN) string {
+	if l == 0 {
+		return "-"
+	}
+	return l.String()
+}
+
+// nodeState is the managers' verdict, with what the node itself says when
+// that differs from plain health: not streaming, or unreachable.
+func nodeState(n *topology.Node, st topology.NodeStatus, known bool) string {
+	s := string(n.State)
+	if !known || n.State != topology.StateAlive {
+		return s
+	}
+	switch {
+	case st.Error != "":
+		return s + ", unreachable"
+	case n.Kind != topology.KindPrimary && !st.Streaming:
+		return s + ", not streaming"
+	}
+	return s
+}
+
+func lagBytes(b *uint64) string {
+	if b == nil {
+		return "-"
+	}
+	v := float64(*b)
+	for _, u := range []string{"B", "kB", "MB", "GB"} {
+		if v < 1024 || u == "GB" {
+			if u == "B" {
+				return fmt.Sprintf("%d B", *b)
+			}
+			return fmt.Sprintf("%.1f %s", v, u)
+		}
+		v /= 1024
+	}
+	return ""
+}
+
+func lagTime(s *float64) string {
+	if s == nil {
+		return "-"
+	}
+	return fmt.Sprintf("%.1fs", *s)
+}
+
+// linkCell describes the node's incoming link: its compression and ratio
+// for relays.
+func linkCell(n *topology.Node, st topology.NodeStatus, known bool) string {
+	if !known || n.Kind == topology.KindPrimary {
+		return "-"
+	}
+	if st.Compression != "" && st.CompressionRatio > 0 {
+		return fmt.Sprintf("%s %.1fx", st.Compression, st.CompressionRatio)
+	}
+	if n.Kind == topology.KindRelay && st.CompressionRatio > 0 {
+		return "plain"
+	}
+	return "-"
 }
 
 // applyCmd builds a subcommand that commits one Command.

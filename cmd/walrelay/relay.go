@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -365,5 +366,26 @@ func (n *relayNode) agent() (*topology.Agent, error) {
 				n.log.Error("assigned parent has an invalid connection string", "err", err)
 			}
 		},
+		Report:     n.report,
+		EnsureSlot: n.srv.EnsureSlot,
 	}, nil
+}
+
+// report is what the relay tells the managers with each heartbeat.
+func (n *relayNode) report() topology.RelayReport {
+	tli, end := n.store.DurableEnd()
+	up := n.up.Status()
+	rep := topology.RelayReport{
+		Timeline: uint32(tli), ReceiveLSN: end, Streaming: up.State == walstream.UpstreamStreaming,
+		Compression: up.Compression, RawBytes: up.ReceivedBytes, WireBytes: up.ReceivedWireBytes,
+	}
+	if pc, err := pgconn.ParseConfig(up.Target); err == nil && up.Target != "" {
+		rep.Upstream = net.JoinHostPort(pc.Host, strconv.Itoa(int(pc.Port)))
+	}
+	for _, s := range n.srv.Slots() {
+		if !s.Temporary && !s.Invalidated {
+			rep.Slots = append(rep.Slots, s.Name)
+		}
+	}
+	return rep
 }

@@ -19,7 +19,7 @@ var allowed = map[string][]string{
 	"cmd/walrelay":       {"relay", "walstream", "topology", "failover", "internal/pgcluster"},
 	"relay":              {"walstream", "internal/fsutil", "internal/waltest"},
 	"failover":           {"topology", "walstream"},
-	"topology":           {},
+	"topology":           {"walstream"},
 	"walstream":          {"internal/fsutil", "internal/waltest"},
 	"internal/fsutil":    {},
 	"internal/waltest":   {},
