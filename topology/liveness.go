@@ -85,6 +85,10 @@ func (m *Manager) superviseOnce(now time.Time) {
 	if moves := Place(m.fsm.Tree(), m.cfg.Policy); len(moves) > 0 {
 		m.log.Info("placing nodes", "assignments", moves)
 		m.apply(Command{Op: OpAssign, Assignments: moves})
+		select {
+		case m.obs.kick <- struct{}{}:
+		default:
+		}
 	}
 }
 

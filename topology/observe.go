@@ -59,6 +59,7 @@ type observer struct {
 	primary  []lsnSample // the primary's write position, oldest first
 	wants    []SlotWant
 	repoints map[string]repointMark
+	kick     chan struct{} // placement changed something
 	// conns are used only by the observe loop (one node, one goroutine per
 	// round), so they need no lock of their own beyond map access.
 	conns map[string]*nodeConn
@@ -76,7 +77,7 @@ type nodeConn struct {
 
 func newObserver() *observer {
 	return &observer{relays: map[string]relayObs{}, sql: map[string]sqlObs{},
-		repoints: map[string]repointMark{}, conns: map[string]*nodeConn{}}
+		repoints: map[string]repointMark{}, conns: map[string]*nodeConn{}, kick: make(chan struct{}, 1)}
 }
 
 // maxSamples bounds the primary's position history: lag in time is only
@@ -116,6 +117,9 @@ func (m *Manager) observe(ctx context.Context, interval time.Duration) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		case <-m.obs.kick:
+			// Placement just moved nodes: re-point standbys now rather
+			// than at the next tick.
 		}
 		if m.raft.State() != raft.Leader {
 			if leading {
@@ -402,17 +406,7 @@ func (m *Manager) localStatus() StatusResponse {
 		if primary == 0 || pos == 0 {
 			return
 		}
-		var b uint64
-		if primary > pos {
-			b = uint64(primary - pos)
-		}
-		secs := 0.0
-		for _, s := range m.obs.primary {
-			if s.lsn > pos {
-				secs = now.Sub(s.at).Seconds()
-				break
-			}
-		}
+		b, secs := lagBehind(m.obs.primary, pos, now)
 		ns.LagBytes, ns.LagSeconds = &b, &secs
 	}
 	for name, r := range m.obs.sql {
@@ -445,6 +439,12 @@ func (m *Manager) localStatus() StatusResponse {
 		if _, ok := tree.Nodes[name]; !ok {
 			continue
 		}
+		if age := now.Sub(r.at); age > m.cfg.FailureTimeout {
+			// A relay that stopped reporting: its last figures would
+			// read as current lag.
+			out.Nodes[name] = NodeStatus{AgeSeconds: age.Seconds(), Error: fmt.Sprintf("no report for %.0fs", age.Seconds())}
+			continue
+		}
 		rep := r.rep
 		ns := NodeStatus{AgeSeconds: now.Sub(r.at).Seconds(), Timeline: rep.Timeline, ReceiveLSN: rep.ReceiveLSN,
 			Upstream: rep.Upstream, Streaming: rep.Streaming, Compression: rep.Compression}
@@ -463,4 +463,20 @@ func closeConn(c *pgconn.PgConn) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
 	c.Close(ctx)
+}
+
+// lagBehind measures a node at pos against the primary's position history
+// (oldest first, not empty): bytes behind the latest sample, and how long
+// ago the primary first wrote past pos (0 when it has not: an idle
+// primary's standbys are not lagging, however old their last commit).
+func lagBehind(samples []lsnSample, pos walstream.LSN, now time.Time) (bytes uint64, seconds float64) {
+	if latest := samples[len(samples)-1].lsn; latest > pos {
+		bytes = uint64(latest - pos)
+	}
+	for _, s := range samples {
+		if s.lsn > pos {
+			return bytes, now.Sub(s.at).Seconds()
+		}
+	}
+	return bytes, 0
 }
