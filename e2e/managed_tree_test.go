@@ -33,8 +33,7 @@ func receiverOf(ctx context.Context, c *pgcluster.Cluster) (port int, streaming 
 	return port, string(row[0]) == "streaming", nil
 }
 
-func treeJSON(t *testing.T, managers string) (*topology.TreeResponse, error) {
-	t.Helper()
+func treeJSON(managers string) (*topology.TreeResponse, error) {
 	out, err := walrelayCLI("tree", "--manager", managers, "-o", "json")
 	if err != nil {
 		return nil, fmt.Errorf("%v: %s", err, out)
@@ -76,7 +75,7 @@ func TestManagedTreeSurvivesRelayAndManagerLoss(t *testing.T) {
 	mgrs := []*managerProc{m1, m2, m3}
 	all := strings.Join([]string{m1.url, m2.url, m3.url}, ",")
 	waitFor(t, 30*time.Second, "three managers", func() (bool, error) {
-		tr, err := treeJSON(t, m1.url)
+		tr, err := treeJSON(m1.url)
 		return err == nil && len(tr.Tree.Managers) == 3, nil
 	})
 	cli(t, "primary", "set", "pg", "--conninfo", primary.ReplicationConnString(), "--timeline", "1", "--manager", all)
@@ -87,7 +86,7 @@ func TestManagedTreeSurvivesRelayAndManagerLoss(t *testing.T) {
 	relays := map[string]*relayProc{"r1": r1, "r2": r2, "r3": r3}
 	cli(t, "move", "r3", "--to", "r1", "--manager", all)
 	waitFor(t, 30*time.Second, "relays placed and streaming", func() (bool, error) {
-		tr, err := treeJSON(t, all)
+		tr, err := treeJSON(all)
 		if err != nil || tr.Status == nil {
 			return false, nil
 		}
@@ -115,7 +114,7 @@ func TestManagedTreeSurvivesRelayAndManagerLoss(t *testing.T) {
 	var tr *topology.TreeResponse
 	waitFor(t, 60*time.Second, "every standby streaming from its assigned relay", func() (bool, error) {
 		var err error
-		if tr, err = treeJSON(t, all); err != nil {
+		if tr, err = treeJSON(all); err != nil {
 			return false, nil
 		}
 		for name, sb := range standbys {
@@ -138,7 +137,7 @@ func TestManagedTreeSurvivesRelayAndManagerLoss(t *testing.T) {
 			port, streaming, err := receiverOf(ctx, standbys["s2"])
 			return err == nil && streaming && port == r1.Port(), nil
 		})
-		tr, _ = treeJSON(t, all)
+		tr, _ = treeJSON(all)
 	}
 	t.Logf("tree before the relay failure:\n%s", cli(t, "tree", "--manager", all))
 
@@ -176,7 +175,7 @@ func TestManagedTreeSurvivesRelayAndManagerLoss(t *testing.T) {
 	r1.Kill()
 	killed := time.Now()
 	waitFor(t, 30*time.Second, "every child of r1 streaming from a new parent", func() (bool, error) {
-		now, err := treeJSON(t, all)
+		now, err := treeJSON(all)
 		if err != nil {
 			return false, nil
 		}
@@ -217,7 +216,7 @@ func TestManagedTreeSurvivesRelayAndManagerLoss(t *testing.T) {
 		t.Errorf("r1 not shown failed")
 	}
 	waitFor(t, 15*time.Second, "lag figures for every standby", func() (bool, error) {
-		now, err := treeJSON(t, all)
+		now, err := treeJSON(all)
 		if err != nil || now.Status == nil {
 			return false, nil
 		}
@@ -232,7 +231,7 @@ func TestManagedTreeSurvivesRelayAndManagerLoss(t *testing.T) {
 
 	// Kill the manager leader: a new one is elected, the tree is the same,
 	// and no relay's stream was interrupted.
-	before, err := treeJSON(t, all)
+	before, err := treeJSON(all)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -252,11 +251,11 @@ func TestManagedTreeSurvivesRelayAndManagerLoss(t *testing.T) {
 		survivors = append(survivors, m)
 	}
 	waitFor(t, 20*time.Second, "a new manager leader", func() (bool, error) {
-		now, err := treeJSON(t, all)
+		now, err := treeJSON(all)
 		return err == nil && now.Leader != "" && now.Leader != before.Leader, nil
 	})
 	time.Sleep(7 * time.Second) // longer than --failure-timeout: nothing may be marked failed
-	after, err := treeJSON(t, all)
+	after, err := treeJSON(all)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -22,7 +22,7 @@ type managerProc struct {
 	done    chan error
 }
 
-func startManagerProc(t *testing.T, id string, join string, extra ...string) *managerProc {
+func startManagerProc(t testing.TB, id string, join string, extra ...string) *managerProc {
 	t.Helper()
 	if relayBuildErr != nil {
 		t.Fatal(relayBuildErr)
