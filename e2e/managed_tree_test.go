@@ -45,15 +45,6 @@ func treeJSON(managers string) (*topology.TreeResponse, error) {
 	return &tr, nil
 }
 
-func cli(t *testing.T, args ...string) string {
-	t.Helper()
-	out, err := walrelayCLI(args...)
-	if err != nil {
-		t.Fatalf("walrelay %s: %v\n%s", strings.Join(args, " "), err, out)
-	}
-	return out
-}
-
 // The proof: 3 managers, 3 relays, 4 managed standbys (two with
 // slots). The managers place the standbys and re-point them with ALTER
 // SYSTEM; SIGKILL of the relay with children moves every child to a new
@@ -78,13 +69,13 @@ func TestManagedTreeSurvivesRelayAndManagerLoss(t *testing.T) {
 		tr, err := treeJSON(m1.url)
 		return err == nil && len(tr.Tree.Managers) == 3, nil
 	})
-	cli(t, "primary", "set", "pg", "--conninfo", primary.ReplicationConnString(), "--timeline", "1", "--manager", all)
+	cliT(t, "primary", "set", "pg", "--conninfo", primary.ReplicationConnString(), "--timeline", "1", "--manager", all)
 
 	r1 := startRelay(t, "r1", "", "--manager", all, "--zone", "a")
 	r2 := startRelay(t, "r2", "", "--manager", all, "--zone", "b")
 	r3 := startRelay(t, "r3", "", "--manager", all, "--zone", "a")
 	relays := map[string]*relayProc{"r1": r1, "r2": r2, "r3": r3}
-	cli(t, "move", "r3", "--to", "r1", "--manager", all)
+	cliT(t, "move", "r3", "--to", "r1", "--manager", all)
 	waitFor(t, 30*time.Second, "relays placed and streaming", func() (bool, error) {
 		tr, err := treeJSON(all)
 		if err != nil || tr.Status == nil {
@@ -109,7 +100,7 @@ func TestManagedTreeSurvivesRelayAndManagerLoss(t *testing.T) {
 			conf["primary_slot_name"] = sb.slot
 		}
 		standbys[sb.name] = newStandbyWith(t, primary, sb.name, primary.ReplicationConnString(), conf)
-		cli(t, "standby", "add", sb.name, "--conninfo", standbys[sb.name].ConnString(), "--zone", sb.zone, "--tier", sb.tier, "--manager", all)
+		cliT(t, "standby", "add", sb.name, "--conninfo", standbys[sb.name].ConnString(), "--zone", sb.zone, "--tier", sb.tier, "--manager", all)
 	}
 	var tr *topology.TreeResponse
 	waitFor(t, 60*time.Second, "every standby streaming from its assigned relay", func() (bool, error) {
@@ -132,14 +123,14 @@ func TestManagedTreeSurvivesRelayAndManagerLoss(t *testing.T) {
 	if len(tr.Tree.Children("r1")) < 2 {
 		// Placement is deterministic but depends on registration order;
 		// make sure the relay we kill has a standby as well as a relay.
-		cli(t, "move", "s2", "--to", "r1", "--manager", all)
+		cliT(t, "move", "s2", "--to", "r1", "--manager", all)
 		waitFor(t, 30*time.Second, "s2 under r1", func() (bool, error) {
 			port, streaming, err := receiverOf(ctx, standbys["s2"])
 			return err == nil && streaming && port == r1.Port(), nil
 		})
 		tr, _ = treeJSON(all)
 	}
-	t.Logf("tree before the relay failure:\n%s", cli(t, "tree", "--manager", all))
+	t.Logf("tree before the relay failure:\n%s", cliT(t, "tree", "--manager", all))
 
 	// Slots follow the standbys: every relay holds s1_slot and s3_slot.
 	waitFor(t, 30*time.Second, "slots for managed standbys on every relay", func() (bool, error) {
@@ -210,7 +201,7 @@ func TestManagedTreeSurvivesRelayAndManagerLoss(t *testing.T) {
 			t.Errorf("standby %s was refused a slot:\n%s", name, sb.LogTail(20))
 		}
 	}
-	out := cli(t, "tree", "--manager", all)
+	out := cliT(t, "tree", "--manager", all)
 	t.Logf("tree after the relay failure:\n%s", out)
 	if !strings.Contains(out, "r1") || !strings.Contains(out, "failed") {
 		t.Errorf("r1 not shown failed")

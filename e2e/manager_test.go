@@ -17,7 +17,7 @@ import (
 )
 
 type managerProc struct {
-	id, url string
+	id, url, raftAddr string
 	cmd     *exec.Cmd
 	done    chan error
 }
@@ -31,9 +31,11 @@ func startManagerProc(t testing.TB, id string, join string, extra ...string) *ma
 	hp, _ := pgcluster.FreePort()
 	args := []string{"manager", "--node-id", id, "--raft-addr", fmt.Sprintf("127.0.0.1:%d", rp),
 		"--http", fmt.Sprintf("127.0.0.1:%d", hp), "--data-dir", filepath.Join(testDir(t), "mgr-"+id)}
-	if join == "" {
+	switch join {
+	case "":
 		args = append(args, "--bootstrap")
-	} else {
+	case "none": // waits for `walrelay members add`
+	default:
 		args = append(args, "--join", join)
 	}
 	args = append(args, extra...)
@@ -42,7 +44,7 @@ func startManagerProc(t testing.TB, id string, join string, extra ...string) *ma
 	if err != nil {
 		t.Fatal(err)
 	}
-	m := &managerProc{id: id, url: fmt.Sprintf("http://127.0.0.1:%d", hp), cmd: exec.Command(relayBin, args...), done: make(chan error, 1)}
+	m := &managerProc{id: id, url: fmt.Sprintf("http://127.0.0.1:%d", hp), raftAddr: fmt.Sprintf("127.0.0.1:%d", rp), cmd: exec.Command(relayBin, args...), done: make(chan error, 1)}
 	m.cmd.Stdout, m.cmd.Stderr = logf, logf
 	if err := m.cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -61,6 +63,16 @@ func startManagerProc(t testing.TB, id string, join string, extra ...string) *ma
 		}
 	})
 	return m
+}
+
+// cliT runs the binary and fails the test when it exits non-zero.
+func cliT(t testing.TB, args ...string) string {
+	t.Helper()
+	out, err := walrelayCLI(args...)
+	if err != nil {
+		t.Fatalf("walrelay %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return out
 }
 
 // walrelayCLI runs the binary and returns its output and exit error.
@@ -120,11 +132,40 @@ func TestManagersAndTreeCLI(t *testing.T) {
 		}
 		epoch = tr.Tree.Epoch
 	}
+	// Membership: remove a member (it must not rejoin on its own), add a
+	// fresh one that was started with neither --bootstrap nor --join.
+	members := func() string { return cliT(t, "members", "list", "--manager", all) }
+	if out := members(); strings.Count(out, "follower") != 2 || strings.Count(out, "leader") != 1 {
+		t.Fatalf("members list:\n%s", out)
+	}
+	cliT(t, "members", "remove", "m3", "--manager", all)
+	time.Sleep(3 * time.Second) // several membership passes of m3
+	if out := members(); strings.Contains(out, "m3") {
+		t.Fatalf("m3 still (or again) a member after members remove:\n%s", out)
+	}
+	m4 := startManagerProc(t, "m4", "none")
+	raft4 := m4.raftAddr
+	cliT(t, "members", "add", "m4", "--raft-addr", raft4, "--http", m4.url, "--manager", all)
+	all = strings.Join([]string{m1.url, m2.url, m4.url}, ",")
+	waitFor(t, 20*time.Second, "m4 serving the tree", func() (bool, error) {
+		out, err := walrelayCLI("tree", "--manager", m4.url, "-o", "json")
+		if err != nil {
+			return false, nil
+		}
+		var tr4 topology.TreeResponse
+		json.Unmarshal([]byte(out), &tr4)
+		return tr4.Tree.Epoch >= epoch && tr4.Leader != "", nil
+	})
+	if out := members(); !strings.Contains(out, "m4") || strings.Count(out, "follower") != 2 {
+		t.Fatalf("members list after adding m4:\n%s", out)
+	}
+	m3.cmd.Process.Signal(syscall.SIGTERM)
+
 	// Kill the leader: the others elect one and still serve the same tree.
 	out, _ := walrelayCLI("tree", "--manager", all, "-o", "json")
 	var tr topology.TreeResponse
 	json.Unmarshal([]byte(out), &tr)
-	for _, m := range []*managerProc{m1, m2, m3} {
+	for _, m := range []*managerProc{m1, m2, m4} {
 		if m.id == tr.Leader {
 			m.cmd.Process.Kill()
 			<-m.done

@@ -67,10 +67,35 @@ func (c *Client) do(ctx context.Context, method, path string, body, out any) err
 	return fmt.Errorf("%w: %s", ErrUnreachable, strings.Join(errs, "; "))
 }
 
-// Tree reads the tree from the first member that answers.
+// Tree reads the tree from the first member that answers and knows a
+// leader; only when none does is a leaderless member's answer returned
+// (a member cut off from the others, or one removed from the cluster,
+// still serves what it last applied).
 func (c *Client) Tree(ctx context.Context) (*TreeResponse, error) {
-	var tr TreeResponse
-	return &tr, c.do(ctx, http.MethodGet, "/v1/tree", nil, &tr)
+	return preferLeader(ctx, c, "/v1/tree", func(tr *TreeResponse) bool { return tr.Leader != "" })
+}
+
+func preferLeader[T any](ctx context.Context, c *Client, path string, hasLeader func(*T) bool) (*T, error) {
+	var stale *T
+	var lastErr error
+	for _, u := range c.URLs {
+		v := new(T)
+		one := &Client{URLs: []string{u}, HTTP: c.HTTP}
+		if err := one.do(ctx, http.MethodGet, path, nil, v); err != nil {
+			lastErr = err
+			continue
+		}
+		if hasLeader(v) {
+			return v, nil
+		}
+		if stale == nil {
+			stale = v
+		}
+	}
+	if stale != nil {
+		return stale, nil
+	}
+	return nil, lastErr
 }
 
 // Watch waits for an epoch above epoch (or the server's timeout).
@@ -105,10 +130,10 @@ func (c *Client) Status(ctx context.Context) (*StatusResponse, error) {
 	return &st, c.do(ctx, http.MethodGet, "/v1/status", nil, &st)
 }
 
-// Members lists the managers in the Raft configuration.
+// Members lists the managers in the Raft configuration, preferring a
+// member that knows the leader, as Tree does.
 func (c *Client) Members(ctx context.Context) (*MembersResponse, error) {
-	var mr MembersResponse
-	return &mr, c.do(ctx, http.MethodGet, "/v1/members", nil, &mr)
+	return preferLeader(ctx, c, "/v1/members", func(mr *MembersResponse) bool { return mr.Leader != "" })
 }
 
 // RemoveMember takes a manager out of the cluster.

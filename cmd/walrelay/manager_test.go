@@ -2,12 +2,14 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/walrelay/walrelay/topology"
 	"github.com/walrelay/walrelay/walstream"
@@ -114,6 +116,20 @@ func TestTreeCommand(t *testing.T) {
 	}
 	if _, err := run("status", "nope"); err == nil || !strings.Contains(err.Error(), `no node "nope"`) {
 		t.Errorf("status of an unknown node: %v", err)
+	}
+
+	// --watch redraws until interrupted.
+	wctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	defer cancel()
+	wcmd := newRootCmd()
+	var wout bytes.Buffer
+	wcmd.SetOut(&wout)
+	wcmd.SetArgs([]string{"tree", "--watch", "--interval", "100ms", "--manager", srv.URL})
+	if err := wcmd.ExecuteContext(wctx); err != nil {
+		t.Fatal(err)
+	}
+	if n := strings.Count(wout.String(), "epoch 9, timeline 2"); n < 2 {
+		t.Errorf("tree --watch drew the tree %d times in 500ms at a 100ms interval:\n%s", n, wout.String())
 	}
 
 	leaderless = true
