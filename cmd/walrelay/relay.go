@@ -68,8 +68,11 @@ through a physical replication slot walrelay_<node-id>, stores it durably in
 			if err != nil {
 				return err
 			}
+			if f.manager == "" {
+				f.manager = os.Getenv("WALRELAY_MANAGER")
+			}
 			if f.upstream == "" && f.manager == "" {
-				return errors.New("need --upstream, --manager, or both")
+				return errors.New("need --upstream, --manager (or WALRELAY_MANAGER), or both")
 			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
@@ -92,7 +95,7 @@ through a physical replication slot walrelay_<node-id>, stores it durably in
 	fl.StringVar(&f.maxRetained, "max-retained-size", "0", "hard cap on WAL kept for slots and children; beyond it the oldest slots are invalidated (0: no cap)")
 	fl.StringVar(&f.compression, "compression", "zstd", "ask a parent that is a relay for a compressed link: zstd or off")
 	fl.StringVar(&f.storeCompress, "store-compression", "zstd", "store completed segments as checksummed zstd frames: zstd or off")
-	fl.StringVar(&f.manager, "manager", "", "manager API URL(s): register, heartbeat and follow the assigned parent (--upstream becomes optional)")
+	fl.StringVar(&f.manager, "manager", "", "manager API URL(s): register, heartbeat and follow the assigned parent (--upstream becomes optional; default $WALRELAY_MANAGER)")
 	fl.StringVar(&f.advertise, "advertise", "", "host:port children and managers use to reach this relay (default: --listen)")
 	fl.StringVar(&f.zone, "zone", "", "zone, for placement")
 	fl.StringVar(&f.memoryTail, "memory-tail", "64MB", "newest WAL kept in memory to serve children at the tip without disk reads")
