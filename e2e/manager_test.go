@@ -18,8 +18,8 @@ import (
 
 type managerProc struct {
 	id, url, raftAddr string
-	cmd     *exec.Cmd
-	done    chan error
+	cmd               *exec.Cmd
+	done              chan error
 }
 
 func startManagerProc(t testing.TB, id string, join string, extra ...string) *managerProc {

@@ -24,7 +24,7 @@ type Agent struct {
 	// EnsureSlot, when set, creates or advances a slot the managers want
 	// held for a standby that may be moved to this relay.
 	EnsureSlot func(name string, restart walstream.LSN) (created bool, err error)
-	Logger   *slog.Logger
+	Logger     *slog.Logger
 	// Heartbeat is the interval between heartbeats. Default 1 s.
 	Heartbeat time.Duration
 }
