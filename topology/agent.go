@@ -17,8 +17,12 @@ type Agent struct {
 	Zone     string
 	Client   *Client
 	// OnParent is called with the assigned parent's connection string each
-	// time it changes (and once at start when one is assigned).
-	OnParent func(conninfo string)
+	// time it changes (and once at start when one is assigned). An empty
+	// string means: stream from nobody (the parent was fenced). When the
+	// parent is the primary, minTimeline is the timeline the managers
+	// committed for it: a node on a lower one is not the primary, whatever
+	// answers at its address.
+	OnParent func(conninfo string, minTimeline uint32)
 	// Report, when set, supplies the positions sent with each heartbeat.
 	Report func() RelayReport
 	// EnsureSlot, when set, creates or advances a slot the managers want
@@ -52,6 +56,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	go a.heartbeat(ctx)
 	var epoch uint64
 	var parent string
+	var parentTLI uint32
 	for ctx.Err() == nil {
 		wctx, cancel := context.WithTimeout(ctx, 40*time.Second)
 		tr, err := a.Client.Watch(wctx, epoch)
@@ -69,12 +74,26 @@ func (a *Agent) Run(ctx context.Context) error {
 			continue
 		}
 		p := tr.Tree.Nodes[me.Parent]
-		if p == nil || p.Conninfo == "" || p.Conninfo == parent {
+		if p == nil || p.Conninfo == "" {
 			continue
 		}
-		log.Info("assigned a new parent", "parent", me.Parent, "epoch", epoch)
-		parent = p.Conninfo
-		a.OnParent(p.Conninfo)
+		target, tli := p.Conninfo, uint32(0)
+		if p.Kind == KindPrimary && me.Parent == tr.Tree.Primary {
+			tli = tr.Tree.Timeline
+		}
+		if p.State == StateFenced {
+			target, tli = "", 0
+		}
+		if target == parent && tli == parentTLI {
+			continue
+		}
+		if target == "" {
+			log.Warn("the assigned parent is fenced: not streaming from it until the managers assign another", "parent", me.Parent, "epoch", epoch)
+		} else {
+			log.Info("assigned a new parent", "parent", me.Parent, "epoch", epoch, "min_timeline", tli)
+		}
+		parent, parentTLI = target, tli
+		a.OnParent(target, tli)
 	}
 	return nil
 }

@@ -40,6 +40,7 @@ type JoinRequest struct {
 
 func (m *Manager) api() http.Handler {
 	mux := http.NewServeMux()
+	m.mux = mux
 	mux.HandleFunc("GET /v1/tree", m.handleTree)
 	mux.HandleFunc("GET /v1/watch", m.handleWatch)
 	mux.HandleFunc("POST /v1/command", m.handleCommand)

@@ -63,6 +63,7 @@ type Manager struct {
 	http  *http.Server
 	live  liveness
 	obs   *observer
+	mux   *http.ServeMux
 	// joined is set once this member has seen itself in the Raft
 	// configuration; only the Run loop touches it.
 	joined bool

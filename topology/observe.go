@@ -60,6 +60,10 @@ type observer struct {
 	wants    []SlotWant
 	repoints map[string]repointMark
 	kick     chan struct{} // placement changed something
+	// primarySeen is when each primary was last read out of recovery;
+	// leadingSince when this member last became leader.
+	primarySeen  map[string]time.Time
+	leadingSince time.Time
 	// conns are used only by the observe loop (one node, one goroutine per
 	// round), so they need no lock of their own beyond map access.
 	conns map[string]*nodeConn
@@ -70,14 +74,33 @@ type repointMark struct {
 	at     time.Time
 }
 
+// nodeConn is the manager's SQL session with one node. The observe loop
+// and the failover controller share it, one statement at a time.
 type nodeConn struct {
 	conninfo string
+	mu       sync.Mutex
 	conn     *pgconn.PgConn
+}
+
+// exec runs SQL over the simple protocol, connecting first when needed.
+func (c *nodeConn) exec(ctx context.Context, sql string) ([]*pgconn.Result, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err := c.connect(ctx); err != nil {
+		return nil, err
+	}
+	res, err := c.conn.Exec(ctx, sql).ReadAll()
+	if err != nil {
+		c.broken(err)
+		return nil, err
+	}
+	return res, nil
 }
 
 func newObserver() *observer {
 	return &observer{relays: map[string]relayObs{}, sql: map[string]sqlObs{},
-		repoints: map[string]repointMark{}, conns: map[string]*nodeConn{}, kick: make(chan struct{}, 1)}
+		repoints: map[string]repointMark{}, conns: map[string]*nodeConn{}, kick: make(chan struct{}, 1),
+		primarySeen: map[string]time.Time{}}
 }
 
 // maxSamples bounds the primary's position history: lag in time is only
@@ -95,9 +118,7 @@ func (o *observer) reset() {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	for _, c := range o.conns {
-		if c.conn != nil {
-			closeConn(c.conn)
-		}
+		c.close()
 	}
 	o.conns = map[string]*nodeConn{}
 	o.sql = map[string]sqlObs{}
@@ -127,6 +148,11 @@ func (m *Manager) observe(ctx context.Context, interval time.Duration) {
 				leading = false
 			}
 			continue
+		}
+		if !leading {
+			m.obs.mu.Lock()
+			m.obs.leadingSince = time.Now()
+			m.obs.mu.Unlock()
 		}
 		leading = true
 		m.observeOnce(ctx)
@@ -162,6 +188,9 @@ func (m *Manager) observeOnce(ctx context.Context) {
 	m.obs.mu.Lock()
 	for name, r := range results {
 		m.obs.sql[name] = r
+		if name == tree.Primary && r.err == nil && !r.st.InRecovery {
+			m.obs.primarySeen[name] = r.at
+		}
 		if name == tree.Primary && r.err == nil && r.st.CurrentLSN != 0 {
 			m.obs.primary = append(m.obs.primary, lsnSample{at: r.at, lsn: r.st.CurrentLSN})
 			if len(m.obs.primary) > maxSamples {
@@ -255,12 +284,10 @@ func (m *Manager) repointStandby(ctx context.Context, tree *Tree, n *Node, st sq
 	qctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	sql := "ALTER SYSTEM SET primary_conninfo = " + quoteLiteral(target)
-	if _, err := nc.conn.Exec(qctx, sql).ReadAll(); err != nil {
-		nc.broken(err)
+	if _, err := nc.exec(qctx, sql); err != nil {
 		return fmt.Errorf("ALTER SYSTEM: %w", err)
 	}
-	if _, err := nc.conn.Exec(qctx, "SELECT pg_reload_conf()").ReadAll(); err != nil {
-		nc.broken(err)
+	if _, err := nc.exec(qctx, "SELECT pg_reload_conf()"); err != nil {
 		return fmt.Errorf("pg_reload_conf: %w", err)
 	}
 	m.obs.mu.Lock()
@@ -290,9 +317,7 @@ func (o *observer) conn(name, conninfo string) *nodeConn {
 	defer o.mu.Unlock()
 	c := o.conns[name]
 	if c != nil && c.conninfo != conninfo {
-		if c.conn != nil {
-			closeConn(c.conn)
-		}
+		c.close()
 		c = nil
 	}
 	if c == nil {
@@ -300,6 +325,15 @@ func (o *observer) conn(name, conninfo string) *nodeConn {
 		o.conns[name] = c
 	}
 	return c
+}
+
+func (c *nodeConn) close() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.conn != nil {
+		closeConn(c.conn)
+		c.conn = nil
+	}
 }
 
 func (c *nodeConn) broken(err error) {
@@ -343,12 +377,8 @@ const statusSQL = `SELECT pg_is_in_recovery(),
  (SELECT setting FROM pg_settings WHERE name = 'wal_segment_size')`
 
 func (c *nodeConn) query(ctx context.Context) (sqlStatus, error) {
-	if err := c.connect(ctx); err != nil {
-		return sqlStatus{}, err
-	}
-	res, err := c.conn.Exec(ctx, statusSQL).ReadAll()
+	res, err := c.exec(ctx, statusSQL)
 	if err != nil {
-		c.broken(err)
 		return sqlStatus{}, err
 	}
 	if len(res) != 1 || len(res[0].Rows) != 1 || len(res[0].Rows[0]) != 10 {
@@ -377,15 +407,9 @@ func (c *nodeConn) query(ctx context.Context) (sqlStatus, error) {
 func (c *nodeConn) ensurePrimarySlot(ctx context.Context, slot string) error {
 	qctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	if err := c.connect(qctx); err != nil {
-		return err
-	}
 	q := fmt.Sprintf(`SELECT pg_create_physical_replication_slot(%s, true)
  WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = %s)`, quoteLiteral(slot), quoteLiteral(slot))
-	_, err := c.conn.Exec(qctx, q).ReadAll()
-	if err != nil {
-		c.broken(err)
-	}
+	_, err := c.exec(qctx, q)
 	return err
 }
 

@@ -122,11 +122,13 @@ type Upstream struct {
 	cancelStream context.CancelFunc
 
 	serverEnd atomic.Uint64 // parent's reported flush position
-	lastFull  bool          // the last WAL message was MaxSendSize long (copyLoop only)
-	rawBytes  atomic.Uint64
-	wireBytes atomic.Uint64
-	mu        sync.Mutex
-	status    UpstreamStatus
+	// minTimeline bounds the parent's timeline from below (SetMinTimeline).
+	minTimeline atomic.Uint32
+	lastFull    bool // the last WAL message was MaxSendSize long (copyLoop only)
+	rawBytes    atomic.Uint64
+	wireBytes   atomic.Uint64
+	mu          sync.Mutex
+	status      UpstreamStatus
 }
 
 // NewUpstream returns a client that feeds store from cfg's parent.
@@ -180,6 +182,11 @@ func (u *Upstream) SetConnString(s string) error {
 	}
 	return nil
 }
+
+// SetMinTimeline refuses parents on a timeline below tli (0: no bound).
+// The managers set it to the committed primary's timeline, so an old
+// primary answering at the address of the new one is never followed.
+func (u *Upstream) SetMinTimeline(tli TimeLineID) { u.minTimeline.Store(uint32(tli)) }
 
 // Status returns the client's current state.
 func (u *Upstream) Status() UpstreamStatus {
@@ -382,6 +389,9 @@ func (u *Upstream) handshake(ctx context.Context, conn *pgconn.PgConn, log *slog
 		}
 	}
 	serverTLI := TimeLineID(sys.Timeline)
+	if min := TimeLineID(u.minTimeline.Load()); serverTLI < min {
+		return 0, 0, &TimelineError{fmt.Sprintf("parent is on timeline %d, but the committed primary is on timeline %d: it is not the primary (fenced)", serverTLI, min)}
+	}
 	tli, end := u.store.WriteEnd()
 	if tli == 0 {
 		tli, end = serverTLI, LSN(sys.XLogPos).SegmentStart(segSize)

@@ -364,7 +364,8 @@ func (n *relayNode) agent() (*topology.Agent, error) {
 	}
 	return &topology.Agent{
 		Name: n.f.nodeID, Conninfo: conninfo, Zone: n.f.zone, Client: c, Logger: n.log,
-		OnParent: func(parent string) {
+		OnParent: func(parent string, minTimeline uint32) {
+			n.up.SetMinTimeline(walstream.TimeLineID(minTimeline))
 			if err := n.up.SetConnString(parent); err != nil {
 				n.log.Error("assigned parent has an invalid connection string", "err", err)
 			}
