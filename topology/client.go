@@ -141,3 +141,9 @@ func (c *Client) RemoveMember(ctx context.Context, id string) error {
 	var cr CommandResponse
 	return c.do(ctx, http.MethodPost, "/v1/members/remove", LeaveRequest{ID: id}, &cr)
 }
+
+// Post sends a JSON request to path on the first member that answers (it is
+// forwarded to the leader) and decodes the answer into out.
+func (c *Client) Post(ctx context.Context, path string, body, out any) error {
+	return c.do(ctx, http.MethodPost, path, body, out)
+}

@@ -16,12 +16,15 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/walrelay/walrelay/failover"
 	"github.com/walrelay/walrelay/topology"
 	"github.com/walrelay/walrelay/walstream"
 )
 
 func newManagerCmd() *cobra.Command {
 	var cfg topology.ManagerConfig
+	var fcfg failover.Config
+	var promotion string
 	var join string
 	var logLevel string
 	cmd := &cobra.Command{
@@ -37,12 +40,23 @@ func newManagerCmd() *cobra.Command {
 			if join != "" {
 				cfg.Join = splitURLs(join)
 			}
+			mode, err := failover.ParseMode(promotion)
+			if err != nil {
+				return err
+			}
 			m, err := topology.NewManager(cfg)
 			if err != nil {
 				return err
 			}
+			fcfg.Mode, fcfg.Logger = mode, log
+			fo := failover.New(m, fcfg)
+			fo.Register(m)
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
+			foCtx, stopFailover := context.WithCancel(ctx)
+			foDone := make(chan struct{})
+			go func() { defer close(foDone); fo.Run(foCtx, 500*time.Millisecond) }()
+			defer func() { stopFailover(); <-foDone }()
 			return m.Run(ctx)
 		},
 	}
@@ -57,6 +71,10 @@ func newManagerCmd() *cobra.Command {
 	fl.DurationVar(&cfg.FailureTimeout, "failure-timeout", 5*time.Second, "mark a relay failed after this long without a heartbeat")
 	fl.IntVar(&cfg.Policy.MaxChildren, "max-children", 8, "placement: most children per relay")
 	fl.IntVar(&cfg.Policy.MaxDepth, "max-depth", 3, "placement: most relays between the primary and any node")
+	fl.StringVar(&promotion, "promotion", "auto", "when the primary fails: auto (promote the best candidate), external (follow a promotion done elsewhere) or off")
+	fl.DurationVar(&fcfg.PrimaryFailureTimeout, "primary-failure-timeout", 3*time.Second, "the primary counts as down after this long without answering the managers (and with the first-tier relays' streams lost)")
+	fl.DurationVar(&fcfg.CatchupTimeout, "catchup-timeout", 10*time.Second, "longest wait for the candidate to receive what the relay tier holds before promotion")
+	fl.StringVar(&fcfg.FenceCommand, "fence-command", "", "shell command run with the old primary's name as $1 once a new primary is committed (e.g. STONITH)")
 	cmd.MarkFlagRequired("node-id")
 	cmd.MarkFlagRequired("data-dir")
 	return cmd
