@@ -21,8 +21,9 @@ const freshness = 5 * time.Second
 
 // detect tells whether the primary is down: the managers have not read it
 // for timeout AND a majority of the first-tier relays (those assigned to
-// it) report their stream from it lost. With no first-tier relay the
-// managers' view decides alone.
+// it) that still report say their stream from it is lost. A relay that
+// does not report has no vote (it may be down itself); with no reporting
+// first-tier relay the managers' view decides alone.
 func detect(tree *topology.Tree, now, primarySeen time.Time, reports map[string]topology.RelayObservation, timeout time.Duration) (bool, string) {
 	if tree.Primary == "" {
 		return false, "no primary registered"
@@ -36,8 +37,12 @@ func detect(tree *topology.Tree, now, primarySeen time.Time, reports map[string]
 		if n.Kind != topology.KindRelay || n.State != topology.StateAlive {
 			continue
 		}
+		r, ok := reports[name]
+		if !ok || now.Sub(r.At) >= freshness {
+			continue
+		}
 		tier++
-		if r, ok := reports[name]; ok && now.Sub(r.At) < freshness && !r.Report.Streaming {
+		if !r.Report.Streaming {
 			lost++
 		}
 	}

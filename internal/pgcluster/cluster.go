@@ -364,3 +364,28 @@ func tailFile(path string, n int) string {
 	}
 	return strings.Join(lines, "\n")
 }
+
+// Rejoin turns this former primary into a standby of source's timeline:
+// it stops the server if running, rewinds it with pg_rewind against source
+// (nothing to do when it did not diverge; needs wal_log_hints or data
+// checksums), adds standby.signal, and puts its own port, name and
+// primary_conninfo back over the settings pg_rewind copied from source. It
+// does not start the server.
+func (c *Cluster) Rejoin(ctx context.Context, source *Cluster, primaryConninfo string, conf map[string]string) error {
+	if running, _ := c.running(ctx); running {
+		if err := c.Stop(ctx); err != nil {
+			return err
+		}
+	}
+	if err := c.run(ctx, "pg_rewind", "--target-pgdata", c.DataDir, "--source-server", source.ConnString(), "--no-sync"); err != nil {
+		return err
+	}
+	if err := c.writeOwned(filepath.Join(c.DataDir, "standby.signal"), "", false); err != nil {
+		return err
+	}
+	settings := map[string]string{"port": strconv.Itoa(c.Port), "cluster_name": c.Name, "primary_conninfo": primaryConninfo}
+	for k, v := range conf {
+		settings[k] = v
+	}
+	return c.SetConf(settings)
+}
