@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -38,9 +39,11 @@ type standbySpec struct {
 func newManagedTree(t *testing.T, primaryConf map[string]string, mgrArgs []string, relayIDs []string, specs []standbySpec) *managedTree {
 	t.Helper()
 	ctx := context.Background()
-	// Settings are applied once the relays stream: synchronous_standby_names
+	// pg_rewind of a former primary (switchover) needs wal_log_hints and
+	// its WAL back to the last common checkpoint (wal_keep_size). Other
+	// settings are applied once the relays stream: synchronous_standby_names
 	// naming them would hold every commit before.
-	mt := &managedTree{primary: newPrimary(t, "pg", map[string]string{"wal_log_hints": "on"}), relays: map[string]*relayProc{},
+	mt := &managedTree{primary: newPrimary(t, "pg", map[string]string{"wal_log_hints": "on", "wal_keep_size": "512MB"}), relays: map[string]*relayProc{},
 		standbys: map[string]*pgcluster.Cluster{}, nodes: map[string]*pgcluster.Cluster{}}
 	mt.nodes["pg"] = mt.primary
 	if err := mt.primary.PgbenchInit(ctx, 1); err != nil {
@@ -348,6 +351,10 @@ func TestFailoverCatchesCandidateUpFromRelays(t *testing.T) {
 		t.Fatalf("promoted %s, not a candidate", newName)
 	}
 	assertAcked(t, mt.nodes[newName], acked)
+	log, _ := os.ReadFile(mt.mgr.logPath)
+	if !strings.Contains(string(log), "catching the candidate up from the relay tier") || !strings.Contains(string(log), "candidate caught up") {
+		t.Errorf("the candidate was not caught up from the relays before promotion; manager log:\n%s", tail(mt.mgr.logPath, 30))
+	}
 	cont()
 	assertOnTimeline(t, mt.nodes[newName], tli, standbysExcept(mt, "pg", newName)...)
 }

@@ -18,6 +18,7 @@ import (
 
 type managerProc struct {
 	id, url, raftAddr string
+	logPath           string
 	cmd               *exec.Cmd
 	done              chan error
 }
@@ -44,7 +45,7 @@ func startManagerProc(t testing.TB, id string, join string, extra ...string) *ma
 	if err != nil {
 		t.Fatal(err)
 	}
-	m := &managerProc{id: id, url: fmt.Sprintf("http://127.0.0.1:%d", hp), raftAddr: fmt.Sprintf("127.0.0.1:%d", rp), cmd: exec.Command(relayBin, args...), done: make(chan error, 1)}
+	m := &managerProc{id: id, url: fmt.Sprintf("http://127.0.0.1:%d", hp), raftAddr: fmt.Sprintf("127.0.0.1:%d", rp), logPath: logPath, cmd: exec.Command(relayBin, args...), done: make(chan error, 1)}
 	m.cmd.Stdout, m.cmd.Stderr = logf, logf
 	if err := m.cmd.Start(); err != nil {
 		t.Fatal(err)

@@ -377,6 +377,12 @@ func (c *Cluster) Rejoin(ctx context.Context, source *Cluster, primaryConninfo s
 			return err
 		}
 	}
+	// pg_rewind reads the source's timeline from its control file, which a
+	// promotion updates only at its next checkpoint: without this it may
+	// see both on the same timeline and rewind nothing.
+	if err := source.Exec(ctx, "CHECKPOINT"); err != nil {
+		return err
+	}
 	if err := c.run(ctx, "pg_rewind", "--target-pgdata", c.DataDir, "--source-server", source.ConnString(), "--no-sync"); err != nil {
 		return err
 	}
