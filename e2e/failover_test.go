@@ -411,19 +411,10 @@ func TestSwitchoverAndBack(t *testing.T) {
 		t.Logf("switchover %d to %s in %.1fs: %s", i+1, to, time.Since(started).Seconds(), strings.TrimSpace(out))
 		cur.Store(mt.nodes[to])
 		// The old primary rejoins as a standby of the new one, below a
-		// relay once the managers place it.
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		// relay, with walrelay rejoin as an operator would run it.
 		old := mt.nodes[from]
-		if err := old.Rejoin(ctx, mt.nodes[to], mt.relays["r1"].Conninfo()+" application_name="+from, nil); err != nil {
-			cancel()
-			t.Fatal(err)
-		}
-		if err := old.Start(ctx); err != nil {
-			cancel()
-			t.Fatal(err)
-		}
-		cancel()
-		cliT(t, "standby", "add", from, "--conninfo", old.ConnString(), "--promotable", "--manager", mt.mgr.url)
+		out = cliT(t, "rejoin", from, "--pgdata", old.DataDir, "--conninfo", old.ConnString(), "--log-file", old.LogFile, "--manager", mt.mgr.url)
+		t.Logf("rejoin %s: %s", from, strings.TrimSpace(out))
 		_, tli := mt.currentPrimary(t)
 		assertOnTimeline(t, mt.nodes[to], tli, standbysExcept(mt, to)...)
 		from, to = to, from

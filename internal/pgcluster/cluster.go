@@ -365,13 +365,25 @@ func tailFile(path string, n int) string {
 	return strings.Join(lines, "\n")
 }
 
+// Open describes an existing data directory (not started here).
+func Open(name, binDir, dataDir string, port int, logFile string) (*Cluster, error) {
+	if binDir == "" {
+		d, err := FindBinDir()
+		if err != nil {
+			return nil, err
+		}
+		binDir = d
+	}
+	return &Cluster{Name: name, BinDir: binDir, DataDir: dataDir, Port: port, LogFile: logFile, log: slog.New(slog.DiscardHandler)}, nil
+}
+
 // Rejoin turns this former primary into a standby of source's timeline:
 // it stops the server if running, rewinds it with pg_rewind against source
 // (nothing to do when it did not diverge; needs wal_log_hints or data
 // checksums), adds standby.signal, and puts its own port, name and
 // primary_conninfo back over the settings pg_rewind copied from source. It
 // does not start the server.
-func (c *Cluster) Rejoin(ctx context.Context, source *Cluster, primaryConninfo string, conf map[string]string) error {
+func (c *Cluster) Rejoin(ctx context.Context, sourceConnString, primaryConninfo string, conf map[string]string) error {
 	if running, _ := c.running(ctx); running {
 		if err := c.Stop(ctx); err != nil {
 			return err
@@ -380,10 +392,16 @@ func (c *Cluster) Rejoin(ctx context.Context, source *Cluster, primaryConninfo s
 	// pg_rewind reads the source's timeline from its control file, which a
 	// promotion updates only at its next checkpoint: without this it may
 	// see both on the same timeline and rewind nothing.
-	if err := source.Exec(ctx, "CHECKPOINT"); err != nil {
-		return err
+	src, err := pgx.Connect(ctx, sourceConnString)
+	if err != nil {
+		return fmt.Errorf("connect to the new primary: %w", err)
 	}
-	if err := c.run(ctx, "pg_rewind", "--target-pgdata", c.DataDir, "--source-server", source.ConnString(), "--no-sync"); err != nil {
+	_, err = src.Exec(ctx, "CHECKPOINT")
+	src.Close(context.Background())
+	if err != nil {
+		return fmt.Errorf("CHECKPOINT on the new primary: %w", err)
+	}
+	if err := c.run(ctx, "pg_rewind", "--target-pgdata", c.DataDir, "--source-server", sourceConnString, "--no-sync"); err != nil {
 		return err
 	}
 	if err := c.writeOwned(filepath.Join(c.DataDir, "standby.signal"), "", false); err != nil {
