@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -36,7 +37,7 @@ type standbySpec struct {
 	parent     string // pin under this relay ("" lets placement decide)
 }
 
-func newManagedTree(t *testing.T, primaryConf map[string]string, mgrArgs []string, relayIDs []string, specs []standbySpec) *managedTree {
+func newManagedTree(t testing.TB, primaryConf map[string]string, mgrArgs []string, relayIDs []string, specs []standbySpec) *managedTree {
 	t.Helper()
 	ctx := context.Background()
 	// pg_rewind of a former primary (switchover) needs wal_log_hints and
@@ -114,7 +115,7 @@ func newManagedTree(t *testing.T, primaryConf map[string]string, mgrArgs []strin
 }
 
 // currentPrimary is the node the managers have committed as primary.
-func (mt *managedTree) currentPrimary(t *testing.T) (string, uint32) {
+func (mt *managedTree) currentPrimary(t testing.TB) (string, uint32) {
 	t.Helper()
 	tr, err := treeJSON(mt.mgr.url)
 	if err != nil {
@@ -125,7 +126,7 @@ func (mt *managedTree) currentPrimary(t *testing.T) (string, uint32) {
 
 // waitNewPrimary waits until the managers commit a primary other than old
 // and returns it.
-func (mt *managedTree) waitNewPrimary(t *testing.T, old string, timeout time.Duration) (string, uint32) {
+func (mt *managedTree) waitNewPrimary(t testing.TB, old string, timeout time.Duration) (string, uint32) {
 	t.Helper()
 	var name string
 	var tli uint32
@@ -148,6 +149,20 @@ type ackWriter struct {
 	acked   atomic.Int64
 	stop    chan struct{}
 	done    chan struct{}
+
+	gapMu   sync.Mutex
+	lastAck time.Time
+	maxGap  time.Duration // longest time between two acknowledgements
+}
+
+// takeMaxGap returns the longest time without an acknowledged commit since
+// the last call (the write unavailability of a failover in between).
+func (w *ackWriter) takeMaxGap() time.Duration {
+	w.gapMu.Lock()
+	defer w.gapMu.Unlock()
+	g := w.maxGap
+	w.maxGap = 0
+	return g
 }
 
 func startAckWriter(primary func() *pgcluster.Cluster) *ackWriter {
@@ -189,6 +204,13 @@ func (w *ackWriter) run() {
 			// whose acknowledgement was lost).
 			w.acked.Store(next)
 			next++
+			now := time.Now()
+			w.gapMu.Lock()
+			if !w.lastAck.IsZero() && now.Sub(w.lastAck) > w.maxGap {
+				w.maxGap = now.Sub(w.lastAck)
+			}
+			w.lastAck = now
+			w.gapMu.Unlock()
 			continue
 		}
 		conn.Close(context.Background())
@@ -204,7 +226,7 @@ func (w *ackWriter) finish() int64 {
 }
 
 // assertAcked checks that every acknowledged id is on c.
-func assertAcked(t *testing.T, c *pgcluster.Cluster, acked int64) {
+func assertAcked(t testing.TB, c *pgcluster.Cluster, acked int64) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -225,7 +247,7 @@ func assertAcked(t *testing.T, c *pgcluster.Cluster, acked int64) {
 
 // assertOnTimeline waits until every standby replays the primary's final
 // position on timeline tli, then compares their tables with it.
-func assertOnTimeline(t *testing.T, primary *pgcluster.Cluster, tli uint32, standbys ...*pgcluster.Cluster) {
+func assertOnTimeline(t testing.TB, primary *pgcluster.Cluster, tli uint32, standbys ...*pgcluster.Cluster) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
@@ -266,7 +288,9 @@ func standbysExcept(mt *managedTree, except ...string) []*pgcluster.Cluster {
 func TestFailoverOnPrimaryLoss(t *testing.T) {
 	requirePG(t)
 	ctx := context.Background()
-	mt := newManagedTree(t, map[string]string{"synchronous_standby_names": "ANY 1 (r1, r2)"}, nil,
+	fenced := filepath.Join(testDir(t), "fenced.txt")
+	mt := newManagedTree(t, map[string]string{"synchronous_standby_names": "ANY 1 (r1, r2)"},
+		[]string{"--fence-command", `echo "fence $1" >> ` + fenced},
 		[]string{"r1", "r2"}, []standbySpec{
 			{name: "c1", promotable: true}, {name: "c2", promotable: true},
 			{name: "s1"}, {name: "s2"}, {name: "s3"}, {name: "s4"},
@@ -313,6 +337,9 @@ func TestFailoverOnPrimaryLoss(t *testing.T) {
 	}
 	if rows != 0 {
 		t.Errorf("something streams from the fenced old primary (flush %s)", pgcluster.FormatLSN(rows))
+	}
+	if b, err := os.ReadFile(fenced); err != nil || strings.TrimSpace(string(b)) != "fence pg" {
+		t.Errorf("the fence hook was not run once with the old primary's name: %q, %v", b, err)
 	}
 	out := cliT(t, "tree", "--manager", mt.mgr.url)
 	t.Logf("tree after failover:\n%s", out)

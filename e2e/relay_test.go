@@ -13,7 +13,7 @@ import (
 
 // assertConverged waits until every standby has replayed the primary's
 // current flush position and checks that their pgbench tables match.
-func assertConverged(t *testing.T, primary *pgcluster.Cluster, standbys ...*pgcluster.Cluster) {
+func assertConverged(t testing.TB, primary *pgcluster.Cluster, standbys ...*pgcluster.Cluster) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
