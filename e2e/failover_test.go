@@ -354,7 +354,10 @@ func TestFailoverOnPrimaryLoss(t *testing.T) {
 // nothing acknowledged is lost.
 func TestFailoverCatchesCandidateUpFromRelays(t *testing.T) {
 	requirePG(t)
-	mt := newManagedTree(t, map[string]string{"synchronous_standby_names": "r1"}, nil,
+	// A long --failure-timeout keeps the stalled relay "alive" in the tree
+	// through the failover: otherwise relay-failure placement may move the
+	// candidates first, and this path would go untested.
+	mt := newManagedTree(t, map[string]string{"synchronous_standby_names": "r1"}, []string{"--failure-timeout", "30s"},
 		[]string{"r1", "r2"}, []standbySpec{
 			{name: "c1", promotable: true, parent: "r2"}, {name: "c2", promotable: true, parent: "r2"},
 			{name: "s1", parent: "r1"},
@@ -379,6 +382,11 @@ func TestFailoverCatchesCandidateUpFromRelays(t *testing.T) {
 	}
 	assertAcked(t, mt.nodes[newName], acked)
 	log, _ := os.ReadFile(mt.mgr.logPath)
+	for _, line := range strings.Split(string(log), "\n") {
+		if strings.Contains(line, "failover candidate") || strings.Contains(line, "caught up") {
+			t.Logf("manager: %s", line)
+		}
+	}
 	if !strings.Contains(string(log), "catching the candidate up from the relay tier") || !strings.Contains(string(log), "candidate caught up") {
 		t.Errorf("the candidate was not caught up from the relays before promotion; manager log:\n%s", tail(mt.mgr.logPath, 30))
 	}
