@@ -10,6 +10,8 @@ package failover
 import (
 	"fmt"
 	"sort"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/walrelay/walrelay/topology"
@@ -58,13 +60,18 @@ type candidate struct {
 	obs  topology.Observation
 }
 
-// candidates are the alive promotable standbys the leader read recently,
-// in recovery on the primary's timeline, most advanced first.
+// candidates are the alive standbys marked promotable (or named in the
+// primary's synchronous_standby_names) that the leader read recently, in
+// recovery on the primary's timeline, most advanced first.
 func candidates(tree *topology.Tree, now time.Time, observed func(string) (topology.Observation, bool)) []candidate {
+	var sync map[string]bool
+	if o, ok := observed(tree.Primary); ok {
+		sync = syncNames(o.SyncStandbyNames)
+	}
 	var out []candidate
 	for _, name := range tree.Names() {
 		n := tree.Nodes[name]
-		if n.Kind != topology.KindStandby || !n.Promotable || n.State != topology.StateAlive {
+		if n.Kind != topology.KindStandby || !(n.Promotable || sync[name]) || n.State != topology.StateAlive {
 			continue
 		}
 		o, ok := observed(name)
@@ -118,4 +125,53 @@ func furthest(tree *topology.Tree, now time.Time, reports map[string]topology.Re
 		}
 	}
 	return best, holder
+}
+
+// syncNames lists the standby names in a synchronous_standby_names value
+// ("s1, s2", "FIRST 2 (s1, s2)", "ANY 1 (\"s 1\", s2)"). The wildcard
+// names nobody in particular and is left out.
+func syncNames(v string) map[string]bool {
+	out := map[string]bool{}
+	var tok strings.Builder
+	quoted := false
+	flush := func() {
+		t := tok.String()
+		tok.Reset()
+		if t == "" || t == "*" {
+			return
+		}
+		if !quoted {
+			if u := strings.ToUpper(t); u == "FIRST" || u == "ANY" {
+				return
+			}
+			if _, err := strconv.Atoi(t); err == nil {
+				return
+			}
+			t = strings.ToLower(t)
+		}
+		out[t] = true
+	}
+	for i := 0; i < len(v); i++ {
+		c := v[i]
+		switch {
+		case c == '"':
+			if quoted && i+1 < len(v) && v[i+1] == '"' {
+				tok.WriteByte('"')
+				i++
+				continue
+			}
+			if quoted {
+				flush()
+			}
+			quoted = !quoted
+		case quoted:
+			tok.WriteByte(c)
+		case c == ',' || c == '(' || c == ')' || c == ' ' || c == '\t':
+			flush()
+		default:
+			tok.WriteByte(c)
+		}
+	}
+	flush()
+	return out
 }

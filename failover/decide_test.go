@@ -1,6 +1,7 @@
 package failover
 
 import (
+	"errors"
 	"testing"
 	"time"
 
@@ -125,3 +126,41 @@ func TestParseMode(t *testing.T) {
 		t.Error("ParseMode(manual): no error")
 	}
 }
+
+func TestSyncNames(t *testing.T) {
+	tests := map[string][]string{
+		"":                     nil,
+		"s1":                   {"s1"},
+		"s1, S2":               {"s1", "s2"},
+		"FIRST 2 (r1, r2, c1)": {"r1", "r2", "c1"},
+		`ANY 1 ("Node A", b)`:  {"Node A", "b"},
+		"*":                    nil,
+		`2 (a,"b""c")`:         {"a", `b"c`},
+	}
+	for in, want := range tests {
+		got := syncNames(in)
+		if len(got) != len(want) {
+			t.Errorf("syncNames(%q) = %v, want %v", in, got, want)
+			continue
+		}
+		for _, w := range want {
+			if !got[w] {
+				t.Errorf("syncNames(%q) = %v, missing %q", in, got, w)
+			}
+		}
+	}
+	// A registered standby named there is a candidate without --promotable.
+	tr := testTree()
+	tr.Nodes["c2"].Promotable = false
+	obs := map[string]topology.Observation{
+		"pg": {At: t0, Err: errDown, SyncStandbyNames: "FIRST 1 (c2)"},
+		"c1": {At: t0, InRecovery: true, Timeline: 1, ReceiveLSN: 0x100},
+		"c2": {At: t0, InRecovery: true, Timeline: 1, ReceiveLSN: 0x200},
+	}
+	cands := candidates(tr, t0, func(n string) (topology.Observation, bool) { o, ok := obs[n]; return o, ok })
+	if len(cands) != 2 || cands[0].name != "c2" {
+		t.Errorf("candidates = %+v, want the synchronous standby c2 first", cands)
+	}
+}
+
+var errDown = errors.New("connection refused")

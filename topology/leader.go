@@ -28,6 +28,9 @@ type Observation struct {
 	Sender          string
 	PrimaryConninfo string
 	PrimarySlot     string
+	// SyncStandbyNames is the node's synchronous_standby_names as last
+	// read while it was the primary (kept after it stops answering).
+	SyncStandbyNames string
 }
 
 // RelayObservation is a relay's latest heartbeat report.
@@ -53,7 +56,7 @@ func (m *Manager) Observed(name string) (Observation, bool) {
 	st := r.st
 	return Observation{At: r.at, Err: r.err, InRecovery: st.InRecovery, ReceiveLSN: st.ReceiveLSN, ReplayLSN: st.ReplayLSN,
 		CurrentLSN: st.CurrentLSN, Timeline: st.Timeline, ReceiverStatus: st.ReceiverStatus, Sender: st.Sender,
-		PrimaryConninfo: st.PrimaryConninfo, PrimarySlot: st.PrimarySlot}, true
+		PrimaryConninfo: st.PrimaryConninfo, PrimarySlot: st.PrimarySlot, SyncStandbyNames: m.obs.primarySync[name]}, true
 }
 
 // RelayReports returns every relay's latest heartbeat report.

@@ -34,6 +34,9 @@ type sqlStatus struct {
 	PrimaryConninfo string
 	PrimarySlot     string
 	SegmentSize     uint64
+	// SyncStandbyNames is synchronous_standby_names (meaningful on the
+	// primary).
+	SyncStandbyNames string
 }
 
 type sqlObs struct {
@@ -63,6 +66,7 @@ type observer struct {
 	// primarySeen is when each primary was last read out of recovery;
 	// leadingSince when this member last became leader.
 	primarySeen  map[string]time.Time
+	primarySync  map[string]string // synchronous_standby_names as last read
 	leadingSince time.Time
 	// conns are used only by the observe loop (one node, one goroutine per
 	// round), so they need no lock of their own beyond map access.
@@ -100,7 +104,7 @@ func (c *nodeConn) exec(ctx context.Context, sql string) ([]*pgconn.Result, erro
 func newObserver() *observer {
 	return &observer{relays: map[string]relayObs{}, sql: map[string]sqlObs{},
 		repoints: map[string]repointMark{}, conns: map[string]*nodeConn{}, kick: make(chan struct{}, 1),
-		primarySeen: map[string]time.Time{}}
+		primarySeen: map[string]time.Time{}, primarySync: map[string]string{}}
 }
 
 // maxSamples bounds the primary's position history: lag in time is only
@@ -190,6 +194,7 @@ func (m *Manager) observeOnce(ctx context.Context) {
 		m.obs.sql[name] = r
 		if name == tree.Primary && r.err == nil && !r.st.InRecovery {
 			m.obs.primarySeen[name] = r.at
+			m.obs.primarySync[name] = r.st.SyncStandbyNames
 		}
 		if name == tree.Primary && r.err == nil && r.st.CurrentLSN != 0 {
 			m.obs.primary = append(m.obs.primary, lsnSample{at: r.at, lsn: r.st.CurrentLSN})
@@ -374,14 +379,15 @@ const statusSQL = `SELECT pg_is_in_recovery(),
  COALESCE((SELECT sender_host || ':' || sender_port FROM pg_stat_wal_receiver), ''),
  current_setting('primary_conninfo'),
  current_setting('primary_slot_name'),
- (SELECT setting FROM pg_settings WHERE name = 'wal_segment_size')`
+ (SELECT setting FROM pg_settings WHERE name = 'wal_segment_size'),
+ current_setting('synchronous_standby_names')`
 
 func (c *nodeConn) query(ctx context.Context) (sqlStatus, error) {
 	res, err := c.exec(ctx, statusSQL)
 	if err != nil {
 		return sqlStatus{}, err
 	}
-	if len(res) != 1 || len(res[0].Rows) != 1 || len(res[0].Rows[0]) != 10 {
+	if len(res) != 1 || len(res[0].Rows) != 1 || len(res[0].Rows[0]) != 11 {
 		return sqlStatus{}, fmt.Errorf("status query: unexpected result shape")
 	}
 	row := res[0].Rows[0]
@@ -401,6 +407,7 @@ func (c *nodeConn) query(ctx context.Context) (sqlStatus, error) {
 	st.ReceiverStatus, st.Sender = string(row[5]), string(row[6])
 	st.PrimaryConninfo, st.PrimarySlot = string(row[7]), string(row[8])
 	st.SegmentSize, _ = strconv.ParseUint(string(row[9]), 10, 64)
+	st.SyncStandbyNames = string(row[10])
 	return st, nil
 }
 
