@@ -189,8 +189,13 @@ func (c *Controller) failover(ctx context.Context, tree *topology.Tree) error {
 	target, holder := furthest(tree, now, c.l.RelayReports(), c.l.Observed)
 	best := cands[0]
 	c.log.Info("failover candidate", "candidate", best.name, "received_lsn", position(best.obs), "tier_lsn", target, "held_by", holder)
-	if got := position(best.obs); got < target && holder != "" {
-		if err := c.catchUp(ctx, tree, best.name, holder, target); err != nil {
+	if got := position(best.obs); got < target {
+		if holder == "" {
+			// Only a (non-candidate) standby has it, and placement never
+			// makes a standby a parent.
+			c.log.Error("a standby holds WAL the best candidate lacks and no relay has it; promoting without it",
+				"candidate", best.name, "missing_bytes", uint64(target-got))
+		} else if err := c.catchUp(ctx, tree, best.name, holder, target); err != nil {
 			c.log.Error("the candidate could not catch up with the relay tier; promoting anyway",
 				"candidate", best.name, "missing_bytes", uint64(target-got), "held_by", holder, "err", err)
 		}
