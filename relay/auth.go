@@ -219,15 +219,28 @@ func isLoopback(addr net.Addr) bool {
 // the I/O error: there is nobody to answer.
 //
 // With no users (creds nil or empty) loopback clients are trusted; otherwise
-// everyone uses SCRAM-SHA-256. The user name is the startup packet's: libpq
-// sends an empty one in SCRAM. Channel binding is not offered (no TLS).
+// everyone uses SCRAM-SHA-256 (the default when no access rules are set).
+// The user name is the startup packet's: libpq sends an empty one in SCRAM.
+// Channel binding is not offered.
 func Authenticate(be *pgproto3.Backend, user string, remote net.Addr, creds *Credentials) error {
-	if creds.Len() == 0 {
-		if !isLoopback(remote) {
-			return fatalf("28000", "no users configured on this relay: only loopback clients are trusted (configure --auth-file)")
-		}
+	switch defaultMethod(creds, remote) {
+	case MethodTrust:
 		be.Send(&pgproto3.AuthenticationOk{})
 		return be.Flush()
+	case MethodReject:
+		return fatalf("28000", "no users configured on this relay: only loopback clients are trusted (configure --auth-file)")
+	}
+	return authenticateSCRAM(be, user, creds)
+}
+
+// authenticateSCRAM runs the SCRAM-SHA-256 exchange; a user without a
+// verifier (or a relay without users) fails it like a wrong password.
+func authenticateSCRAM(be *pgproto3.Backend, user string, creds *Credentials) error {
+	if creds == nil {
+		var err error
+		if creds, err = NewCredentials(nil); err != nil {
+			return err
+		}
 	}
 	stored, known := creds.lookup(user)
 	server, err := scram.SHA256.NewServer(func(string) (scram.StoredCredentials, error) {

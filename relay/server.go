@@ -70,8 +70,22 @@ type Config struct {
 	// UpstreamConnString returns the parent's connection string, used to
 	// pass BASE_BACKUP through; nil or "" refuses BASE_BACKUP.
 	UpstreamConnString func() string
-	// Credentials: nil or empty trusts loopback clients only.
+	// Credentials are the SCRAM users. Without Rules: none trusts loopback
+	// clients only, some require SCRAM from everyone.
 	Credentials *Credentials
+	// Rules are the access rules (nil: the default above); SetRules
+	// replaces them live.
+	Rules Rules
+	// TLS, when set, lets clients negotiate TLS (SSLRequest); nil answers
+	// 'N' and the client goes on in plain text or gives up.
+	TLS *TLSReloader
+	// MaxConnections bounds all client connections (default 500);
+	// MaxConnectionsPerUser those of one user (0: no bound).
+	MaxConnections        int
+	MaxConnectionsPerUser int
+	// StartupTimeout bounds the whole startup (TLS, startup packet,
+	// authentication), as authentication_timeout does. Default 10 s.
+	StartupTimeout time.Duration
 	// FeedbackFrom selects the children whose hot standby feedback is
 	// forwarded upstream (zero value: none; see ParseFeedbackPolicy).
 	FeedbackFrom FeedbackPolicy
@@ -104,6 +118,12 @@ func (c *Config) Validate() error {
 	if c.ShutdownGrace <= 0 {
 		c.ShutdownGrace = 5 * time.Second
 	}
+	if c.MaxConnections <= 0 {
+		c.MaxConnections = 500
+	}
+	if c.StartupTimeout <= 0 {
+		c.StartupTimeout = 10 * time.Second
+	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -115,6 +135,7 @@ func (c *Config) Validate() error {
 // its own goroutines; a slow or broken one affects only itself.
 type Server struct {
 	cfg   Config
+	rules atomic.Pointer[Rules]
 	log   *slog.Logger
 	slots *slotStore
 	m     *serverMetrics
@@ -164,6 +185,7 @@ func NewServer(cfg Config) (*Server, error) {
 	var b [2]byte
 	rand.Read(b[:])
 	s.nextPID.Store(int32(100000 + int(binary.BigEndian.Uint16(b[:]))*10))
+	s.SetRules(cfg.Rules)
 	return s, nil
 }
 
@@ -240,7 +262,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	// Sessions not streaming have nothing to finish: close them now.
 	for sess := range s.sessions {
 		if !sess.isStreaming() {
-			sess.conn.Close()
+			sess.raw.Close()
 		}
 	}
 	s.mu.Unlock()
@@ -262,7 +284,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 	s.mu.Lock()
 	for sess := range s.sessions {
-		sess.conn.Close()
+		sess.raw.Close()
 	}
 	s.mu.Unlock()
 	<-done
@@ -340,4 +362,41 @@ func newServerMetrics(reg prometheus.Registerer) *serverMetrics {
 		reg.MustRegister(m.connections, m.sentBytes, m.sentWireBytes, m.sessions, m.slotsInvalidated, m.corrupt, m.storeBytes)
 	}
 	return m
+}
+
+// SetRules replaces the access rules for new connections (nil: the
+// default).
+func (s *Server) SetRules(r Rules) {
+	if r == nil {
+		s.rules.Store(nil)
+		return
+	}
+	s.rules.Store(&r)
+}
+
+// admit applies the connection limits once the user is known: PostgreSQL's
+// max_connections and per-role connection limit.
+func (s *Server) admit(sess *session, user string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.sessions) > s.cfg.MaxConnections {
+		s.m.sessions.WithLabelValues("too_many").Inc()
+		return fatalf("53300", "sorry, too many clients already")
+	}
+	if max := s.cfg.MaxConnectionsPerUser; max > 0 {
+		n := 0
+		for other := range s.sessions {
+			if other != sess && other.user() == user {
+				n++
+			}
+		}
+		if n >= max {
+			s.m.sessions.WithLabelValues("too_many").Inc()
+			return fatalf("53300", "too many connections for role \"%s\"", user)
+		}
+	}
+	sess.mu.Lock()
+	sess.info.User = user
+	sess.mu.Unlock()
+	return nil
 }

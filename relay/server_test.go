@@ -42,7 +42,7 @@ func newFixture(t testing.TB, start walstream.LSN) *fixture {
 	return newFixtureWith(t, start, walstream.StoreOptions{TailBytes: 64 << 20})
 }
 
-func newFixtureWith(t testing.TB, start walstream.LSN, opts walstream.StoreOptions) *fixture {
+func newFixtureWith(t testing.TB, start walstream.LSN, opts walstream.StoreOptions, configure ...func(*Config)) *fixture {
 	t.Helper()
 	dir := t.TempDir()
 	store, err := walstream.OpenStore(filepath.Join(dir, "store"), opts)
@@ -56,14 +56,18 @@ func newFixtureWith(t testing.TB, start walstream.LSN, opts walstream.StoreOptio
 		t.Fatal(err)
 	}
 	f := &fixture{store: store, end: start, up: &fakeProgress{}}
-	f.srv, err = NewServer(Config{
+	cfg := Config{
 		NodeID:        "r1",
 		Source:        store,
 		Upstream:      f.up,
 		SlotDir:       filepath.Join(dir, "slots"),
 		SenderTimeout: 10 * time.Second,
 		ShutdownGrace: time.Second,
-	})
+	}
+	for _, c := range configure {
+		c(&cfg)
+	}
+	f.srv, err = NewServer(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

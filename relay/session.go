@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"crypto/tls"
 	"crypto/rand"
 	"errors"
 	"fmt"
@@ -17,18 +18,24 @@ import (
 	"github.com/walrelay/walrelay/walstream"
 )
 
-const (
-	startupTimeout = 60 * time.Second // authentication_timeout
-	maxMessageLen  = 1 << 20          // a replication client never sends more
-)
+// maxMessageLen bounds a client message: a replication client never sends
+// more.
+const maxMessageLen = 1 << 20
 
 // session is one client connection. Its run goroutine owns the connection:
 // it reads commands, and while streaming it hands reads to a receiver
 // goroutine and keeps all writes for itself.
 type session struct {
-	srv  *Server
+	srv *Server
+	// raw is the accepted socket, closed from other goroutines to end the
+	// session; conn (TLS on top of it once negotiated) and be belong to
+	// the session's goroutines and change only during startup.
+	raw  net.Conn
 	conn net.Conn
 	be   *pgproto3.Backend
+	ssl  bool
+	// peerCN is the common name of a verified client certificate.
+	peerCN string
 	pid  int32
 	log  *slog.Logger
 
@@ -45,6 +52,7 @@ func newSession(srv *Server, conn net.Conn, pid int32) *session {
 	be.SetMaxBodyLen(maxMessageLen)
 	return &session{
 		srv:  srv,
+		raw:  conn,
 		conn: conn,
 		be:   be,
 		pid:  pid,
@@ -54,7 +62,7 @@ func newSession(srv *Server, conn net.Conn, pid int32) *session {
 }
 
 func (s *session) run() {
-	defer s.conn.Close()
+	defer s.raw.Close()
 	defer s.dropTemporarySlots()
 	if err := s.startup(); err != nil {
 		s.srv.m.sessions.WithLabelValues("rejected").Inc()
@@ -88,11 +96,14 @@ func (s *session) sendError(pe *PGError) {
 	s.be.Flush()
 }
 
-// startup negotiates encryption (declined), reads the StartupMessage,
-// authenticates and sends the parameters clients check.
+// startup negotiates encryption (TLS when configured), reads the
+// StartupMessage, applies the connection limits and access rules,
+// authenticates and sends the parameters clients check. All of it must
+// finish within the startup timeout, so half-open connections cannot pile
+// up.
 func (s *session) startup() error {
-	s.conn.SetDeadline(time.Now().Add(startupTimeout))
-	defer s.conn.SetDeadline(time.Time{})
+	s.conn.SetDeadline(time.Now().Add(s.srv.cfg.StartupTimeout))
+	defer func() { s.conn.SetDeadline(time.Time{}) }()
 	var sm *pgproto3.StartupMessage
 	for sm == nil {
 		msg, err := s.be.ReceiveStartupMessage()
@@ -100,11 +111,18 @@ func (s *session) startup() error {
 			if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
 				return io.EOF
 			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				return fmt.Errorf("no startup packet within %s: %w", s.srv.cfg.StartupTimeout, io.EOF)
+			}
 			return fatalf("08P01", "invalid startup packet: %v", err)
 		}
 		switch msg := msg.(type) {
-		case *pgproto3.SSLRequest, *pgproto3.GSSEncRequest:
-			// Not offered yet: 'N' and the client continues in plain text.
+		case *pgproto3.SSLRequest:
+			if err := s.negotiateTLS(); err != nil {
+				return err
+			}
+		case *pgproto3.GSSEncRequest:
 			if _, err := s.conn.Write([]byte{'N'}); err != nil {
 				return err
 			}
@@ -121,11 +139,14 @@ func (s *session) startup() error {
 	if err := checkReplicationParam(sm.Parameters["replication"]); err != nil {
 		return err
 	}
+	if err := s.srv.admit(s, user); err != nil {
+		return err
+	}
 	id, ok := s.srv.cfg.Source.Identity()
 	if !ok {
 		return fatalf("57P03", "the relay is starting up: it has not reached its upstream yet")
 	}
-	if err := Authenticate(s.be, user, s.conn.RemoteAddr(), s.srv.cfg.Credentials); err != nil {
+	if err := s.authenticate(user); err != nil {
 		return err
 	}
 	app := sm.Parameters["application_name"]
@@ -480,4 +501,86 @@ func (s *session) sendResult(tag string, cols []column, rows [][]any) error {
 	s.be.Send(&pgproto3.CommandComplete{CommandTag: []byte(tag)})
 	s.be.Send(&pgproto3.ReadyForQuery{TxStatus: 'I'})
 	return s.be.Flush()
+}
+
+// negotiateTLS answers an SSLRequest: 'S' and a TLS handshake when the
+// relay has a certificate, 'N' (go on in plain text) when not.
+func (s *session) negotiateTLS() error {
+	tr := s.srv.cfg.TLS
+	if tr == nil || s.ssl {
+		_, err := s.conn.Write([]byte{'N'})
+		return err
+	}
+	if _, err := s.conn.Write([]byte{'S'}); err != nil {
+		return err
+	}
+	tc := tls.Server(s.conn, tr.Config())
+	if err := tc.Handshake(); err != nil {
+		return fmt.Errorf("TLS handshake: %w: %w", err, io.EOF)
+	}
+	s.conn, s.ssl = tc, true
+	s.be = pgproto3.NewBackend(tc, tc)
+	s.be.SetMaxBodyLen(maxMessageLen)
+	if st := tc.ConnectionState(); len(st.VerifiedChains) > 0 {
+		s.peerCN = st.PeerCertificates[0].Subject.CommonName
+	}
+	s.mu.Lock()
+	s.info.SSL = true
+	s.mu.Unlock()
+	return nil
+}
+
+// authenticate applies the first matching access rule (or the default
+// when there are none) and runs its method.
+func (s *session) authenticate(user string) error {
+	remote := s.conn.RemoteAddr()
+	method := defaultMethod(s.srv.cfg.Credentials, remote)
+	if rules := s.srv.rules.Load(); rules != nil {
+		r, ok := rules.Match(user, remote, s.ssl)
+		if !ok {
+			return fatalf("28000", "no access rule for host \"%s\", user \"%s\", %s", hostOf(remote), user, encryption(s.ssl))
+		}
+		method = r.Method
+	}
+	switch method {
+	case MethodTrust:
+		s.be.Send(&pgproto3.AuthenticationOk{})
+		return s.be.Flush()
+	case MethodReject:
+		if s.srv.rules.Load() == nil {
+			return fatalf("28000", "no users configured on this relay: only loopback clients are trusted (configure --auth-file)")
+		}
+		return fatalf("28000", "access rules reject connection for host \"%s\", user \"%s\", %s", hostOf(remote), user, encryption(s.ssl))
+	case MethodCert:
+		if !s.ssl || s.peerCN == "" {
+			return fatalf("28000", "connection requires a valid client certificate")
+		}
+		if s.peerCN != user {
+			return fatalf("28000", "certificate authentication failed for user \"%s\"", user)
+		}
+		s.be.Send(&pgproto3.AuthenticationOk{})
+		return s.be.Flush()
+	default:
+		return authenticateSCRAM(s.be, user, s.srv.cfg.Credentials)
+	}
+}
+
+func hostOf(a net.Addr) string {
+	if t, ok := a.(*net.TCPAddr); ok {
+		return t.IP.String()
+	}
+	return a.String()
+}
+
+func encryption(ssl bool) string {
+	if ssl {
+		return "SSL encryption"
+	}
+	return "no encryption"
+}
+
+func (s *session) user() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.info.User
 }

@@ -23,6 +23,7 @@ type SessionStatus struct {
 	ApplicationName string               `json:"application_name"`
 	User            string               `json:"user"`
 	Address         string               `json:"address"`
+	SSL             bool                 `json:"ssl"`
 	State           string               `json:"state"` // startup, idle, streaming
 	Slot            string               `json:"slot,omitempty"`
 	Timeline        walstream.TimeLineID `json:"timeline,omitempty"`
@@ -303,7 +304,7 @@ func (s *session) stream(tli walstream.TimeLineID, start walstream.LSN, slot str
 	closeConn := true
 	defer func() {
 		if closeConn {
-			s.conn.Close()
+			s.raw.Close()
 		}
 		<-recvExited
 	}()

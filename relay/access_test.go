@@ -1,0 +1,256 @@
+package relay
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"math/big"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/walrelay/walrelay/walstream"
+)
+
+// testCA issues certificates for the tests: a server certificate for
+// 127.0.0.1 and client certificates by common name.
+type testCA struct {
+	cert *x509.Certificate
+	key  *ecdsa.PrivateKey
+	dir  string
+}
+
+func newTestCA(t *testing.T, dir, name string) *testCA {
+	t.Helper()
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: name},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, _ := x509.ParseCertificate(der)
+	ca := &testCA{cert: cert, key: key, dir: dir}
+	writePEM(t, filepath.Join(dir, name+".crt"), "CERTIFICATE", der)
+	return ca
+}
+
+func (ca *testCA) file() string { return filepath.Join(ca.dir, ca.cert.Subject.CommonName+".crt") }
+
+// issue writes name.crt and name.key signed by ca and returns their paths.
+func (ca *testCA) issue(t *testing.T, name string, server bool) (string, string) {
+	t.Helper()
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: pkix.Name{CommonName: name},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		KeyUsage: x509.KeyUsageDigitalSignature}
+	if server {
+		tmpl.IPAddresses = []net.IP{net.IPv4(127, 0, 0, 1)}
+		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}
+	} else {
+		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kb, _ := x509.MarshalECPrivateKey(key)
+	crt, k := filepath.Join(ca.dir, name+".crt"), filepath.Join(ca.dir, name+".key")
+	writePEM(t, crt, "CERTIFICATE", der)
+	writePEM(t, k, "EC PRIVATE KEY", kb)
+	return crt, k
+}
+
+func writePEM(t *testing.T, path, typ string, der []byte) {
+	t.Helper()
+	if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestParseRules(t *testing.T) {
+	rules, err := ParseRules("rules", `
+# comment
+hostssl  bob,carol  10.0.0.0/8   scram-sha-256
+host     all        127.0.0.1    trust   # loopback
+hostssl  all        all          cert
+host     all        all          reject
+`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := func(ip string) net.Addr { return &net.TCPAddr{IP: net.ParseIP(ip), Port: 1} }
+	for _, tt := range []struct {
+		user, ip string
+		ssl      bool
+		want     Method
+		line     int
+	}{
+		{"bob", "10.1.2.3", true, MethodSCRAM, 3},
+		{"bob", "10.1.2.3", false, MethodReject, 6}, // hostssl needs TLS
+		{"dave", "10.1.2.3", true, MethodCert, 5},
+		{"dave", "127.0.0.1", false, MethodTrust, 4},
+		{"dave", "192.168.0.1", false, MethodReject, 6},
+	} {
+		r, ok := rules.Match(tt.user, addr(tt.ip), tt.ssl)
+		if !ok || r.Method != tt.want || r.Line != tt.line {
+			t.Errorf("Match(%s, %s, ssl=%v) = %s line %d, want %s line %d", tt.user, tt.ip, tt.ssl, r.Method, r.Line, tt.want, tt.line)
+		}
+	}
+	for text, want := range map[string]string{
+		"host all all":                       "line 1: want TYPE USERS ADDRESS METHOD",
+		"local all all trust":                `line 1: connection type "local"`,
+		"host all all md5":                   `line 1: method "md5" is not offered`,
+		"host all 10.0.0.0/33 trust":         `line 1: address "10.0.0.0/33"`,
+		"\n\nhost all all cert":              "line 3: cert authentication is only available for hostssl",
+		"# nothing\n":                        "no rules",
+		"host all all trust\nhost all all x": `line 2: method "x"`,
+	} {
+		if _, err := ParseRules("rules", text); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("ParseRules(%q) = %v, want an error containing %q", text, err, want)
+		}
+	}
+}
+
+// TLS with verify-full, certificate and SCRAM authentication by rule,
+// plaintext refused, then rules and certificates replaced live.
+func TestTLSAndAccessRules(t *testing.T) {
+	dir := t.TempDir()
+	ca := newTestCA(t, dir, "ca")
+	crt, key := ca.issue(t, "relay", true)
+	aliceCrt, aliceKey := ca.issue(t, "alice", false)
+	tlsR, err := NewTLSReloader(TLSFiles{CertFile: crt, KeyFile: key, ClientCAFile: ca.file()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rules, err := ParseRules("rules", "hostssl bob all scram-sha-256\nhostssl all 127.0.0.1/32 cert\nhost all all reject\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	creds, _ := NewCredentials(map[string]string{"bob": "secret"})
+	f := newFixtureWith(t, 3*testSeg, walstream.StoreOptions{TailBytes: 1 << 20}, func(c *Config) {
+		c.TLS, c.Rules, c.Credentials = tlsR, rules, creds
+	})
+	host, port, _ := net.SplitHostPort(f.addr)
+	ctx := context.Background()
+	connect := func(params string) (*pgconn.PgConn, error) {
+		return pgconn.Connect(ctx, "host="+host+" port="+port+" replication=true "+params)
+	}
+	root := " sslrootcert=" + ca.file()
+	alice := " sslcert=" + aliceCrt + " sslkey=" + aliceKey
+
+	conn, err := connect("user=alice sslmode=verify-full" + root + alice)
+	if err != nil {
+		t.Fatalf("alice with her certificate: %v", err)
+	}
+	defer conn.Close(ctx)
+	if ss := f.srv.Sessions(); len(ss) != 1 || !ss[0].SSL {
+		t.Errorf("sessions: %+v, want one over TLS", ss)
+	}
+	c2, err := connect("user=bob password=secret sslmode=verify-full" + root)
+	if err != nil {
+		t.Fatalf("bob with SCRAM over TLS: %v", err)
+	}
+	c2.Close(ctx)
+	_, err = connect("user=alice sslmode=verify-full" + root)
+	assertPgError(t, err, "28000", "connection requires a valid client certificate")
+	_, err = connect("user=carol sslmode=verify-full" + root + alice)
+	assertPgError(t, err, "28000", `certificate authentication failed for user "carol"`)
+	_, err = connect("user=bob password=secret sslmode=disable")
+	assertPgError(t, err, "28000", `access rules reject connection for host "127.0.0.1", user "bob", no encryption`)
+	_, err = connect("user=bob password=wrong sslmode=require")
+	assertPgError(t, err, "28P01", `password authentication failed for user "bob"`)
+	other := newTestCA(t, t.TempDir(), "other")
+	if _, err := connect("user=bob password=secret sslmode=verify-full sslrootcert=" + other.file()); err == nil || !strings.Contains(err.Error(), "certificate") {
+		t.Errorf("verify-full against another CA: %v", err)
+	}
+
+	// Rules replaced live: plaintext trusted now.
+	trust, _ := ParseRules("rules", "host all all trust\n")
+	f.srv.SetRules(trust)
+	c3, err := connect("user=bob sslmode=disable")
+	if err != nil {
+		t.Fatalf("after SetRules: %v", err)
+	}
+	c3.Close(ctx)
+
+	// Certificates replaced live: new connections verify against the new
+	// CA; the established one keeps streaming commands.
+	crt2, key2 := other.issue(t, "relay2", true)
+	os.Rename(crt2, crt)
+	os.Rename(key2, key)
+	if err := tlsR.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	c4, err := connect("user=bob sslmode=verify-full sslrootcert=" + other.file())
+	if err != nil {
+		t.Fatalf("verify-full against the reloaded certificate: %v", err)
+	}
+	c4.Close(ctx)
+	if _, err := connect("user=bob sslmode=verify-full" + root); err == nil {
+		t.Error("the old CA still verifies after the reload")
+	}
+	if res := conn.Exec(ctx, "IDENTIFY_SYSTEM"); res != nil {
+		if _, err := res.ReadAll(); err != nil {
+			t.Errorf("the established TLS session broke with the reload: %v", err)
+		}
+	}
+}
+
+func TestConnectionLimitsAndStartupTimeout(t *testing.T) {
+	f := newFixtureWith(t, 3*testSeg, walstream.StoreOptions{TailBytes: 1 << 20}, func(c *Config) {
+		c.MaxConnections, c.MaxConnectionsPerUser, c.StartupTimeout = 3, 2, 300*time.Millisecond
+	})
+	host, port, _ := net.SplitHostPort(f.addr)
+	ctx := context.Background()
+	connect := func(user string) (*pgconn.PgConn, error) {
+		return pgconn.Connect(ctx, "host="+host+" port="+port+" replication=true sslmode=disable user="+user)
+	}
+	a1, err := connect("a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a1.Close(ctx)
+	a2, err := connect("a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a2.Close(ctx)
+	_, err = connect("a")
+	assertPgError(t, err, "53300", `too many connections for role "a"`)
+	b1, err := connect("b")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b1.Close(ctx)
+	_, err = connect("c")
+	assertPgError(t, err, "53300", "sorry, too many clients already")
+
+	// A connection that never sends its startup packet is cut off, and
+	// frees its place.
+	b1.Close(ctx)
+	nc, err := net.Dial("tcp", f.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	started := time.Now()
+	nc.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := nc.Read(make([]byte, 1)); err == nil || time.Since(started) > 3*time.Second {
+		t.Errorf("silent connection: read %v after %s, want it closed at the startup timeout", err, time.Since(started))
+	}
+	c1, err := connect("c")
+	if err != nil {
+		t.Fatalf("a place freed by the timeout: %v", err)
+	}
+	c1.Close(ctx)
+}
