@@ -91,7 +91,8 @@ func planRetention(p RetentionPolicy, segs []walstream.SegmentInfo, end walstrea
 }
 
 // RunRetention applies the policy to store every interval until ctx ends.
-func (s *Server) RunRetention(ctx context.Context, store *walstream.Store, p RetentionPolicy, interval time.Duration) error {
+// policy is read at every pass, so it can change live (SIGHUP).
+func (s *Server) RunRetention(ctx context.Context, store *walstream.Store, policy func() RetentionPolicy, interval time.Duration) error {
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
@@ -100,7 +101,7 @@ func (s *Server) RunRetention(ctx context.Context, store *walstream.Store, p Ret
 			return nil
 		case <-t.C:
 		}
-		s.applyRetention(store, p, time.Now())
+		s.applyRetention(store, policy(), time.Now())
 	}
 }
 

@@ -26,13 +26,14 @@ func newManagerCmd() *cobra.Command {
 	var fcfg failover.Config
 	var promotion string
 	var join string
+	var configFile string
 	var logLevel string
 	cmd := &cobra.Command{
 		Use:   "manager",
 		Short: "Run a topology manager (a member of the Raft cluster that owns the tree)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			log, err := newLogger(logLevel, "text")
+			log, err := newLogger(logLevel, "text", nil)
 			if err != nil {
 				return err
 			}
@@ -60,6 +61,7 @@ func newManagerCmd() *cobra.Command {
 			return m.Run(ctx)
 		},
 	}
+	addConfigFlag(cmd, &configFile)
 	fl := cmd.Flags()
 	fl.StringVar(&cfg.NodeID, "node-id", "", "this manager's name (Raft server ID)")
 	fl.StringVar(&cfg.RaftAddr, "raft-addr", "127.0.0.1:7001", "address for Raft traffic")

@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -21,6 +22,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/walrelay/walrelay/relay"
@@ -49,10 +51,92 @@ type relayFlags struct {
 	manager       string
 	advertise     string
 	zone          string
+	configFile    string
+	tlsCert       string
+	tlsKey        string
+	tlsClientCA   string
+	accessRules   string
+	maxConns      int
+	maxConnsUser  int
+	startupTime   time.Duration
+}
+
+// relaySettings are the flags that need parsing or loading, checked once
+// (also by `walrelay config check`).
+type relaySettings struct {
+	retain relay.RetentionPolicy
+	tail   uint64
+	creds  *relay.Credentials
+	rules  relay.Rules
+	tls    *relay.TLSReloader
+	level  slog.Level
+}
+
+func (f *relayFlags) settings() (relaySettings, error) {
+	var st relaySettings
+	var err error
+	if err := st.level.UnmarshalText([]byte(f.logLevel)); err != nil {
+		return st, fmt.Errorf("log-level: %w", err)
+	}
+	if f.logFormat != "text" && f.logFormat != "json" {
+		return st, fmt.Errorf("log-format %q: want text or json", f.logFormat)
+	}
+	if st.retain, err = f.retention(); err != nil {
+		return st, err
+	}
+	if st.tail, err = relay.ParseSize(f.memoryTail); err != nil {
+		return st, fmt.Errorf("memory-tail: %w", err)
+	}
+	if f.storeCompress != "zstd" && f.storeCompress != "off" {
+		return st, fmt.Errorf("store-compression %q: want zstd or off", f.storeCompress)
+	}
+	if f.compression != "zstd" && f.compression != "off" && f.compression != "" {
+		return st, fmt.Errorf("compression %q: want zstd or off", f.compression)
+	}
+	if f.upstream != "" {
+		if _, err := pgconn.ParseConfig(f.upstream); err != nil {
+			return st, fmt.Errorf("upstream: %w", err)
+		}
+	}
+	if f.authFile != "" {
+		if st.creds, err = relay.LoadCredentialsFile(f.authFile); err != nil {
+			return st, err
+		}
+	}
+	if f.accessRules != "" {
+		if st.rules, err = relay.LoadRules(f.accessRules); err != nil {
+			return st, err
+		}
+	}
+	if f.tlsCert != "" || f.tlsKey != "" {
+		if st.tls, err = relay.NewTLSReloader(relay.TLSFiles{CertFile: f.tlsCert, KeyFile: f.tlsKey, ClientCAFile: f.tlsClientCA}); err != nil {
+			return st, err
+		}
+	} else if f.tlsClientCA != "" {
+		return st, errors.New("tls-client-ca needs tls-cert and tls-key")
+	}
+	return st, nil
+}
+
+func (f *relayFlags) retention() (relay.RetentionPolicy, error) {
+	var p relay.RetentionPolicy
+	var err error
+	if p.RetainSize, p.RetainAge, err = relay.ParseRetain(f.retain); err != nil {
+		return p, fmt.Errorf("retain: %w", err)
+	}
+	if p.MaxRetainedSize, err = relay.ParseSize(f.maxRetained); err != nil {
+		return p, fmt.Errorf("max-retained-size: %w", err)
+	}
+	return p, nil
 }
 
 func newRelayCmd() *cobra.Command {
 	var f relayFlags
+	return newRelayCmdWith(&f)
+}
+
+func newRelayCmdWith(fp *relayFlags) *cobra.Command {
+	f := fp
 	cmd := &cobra.Command{
 		Use:   "relay",
 		Short: "Run a relay: one stream from the parent, served to many children",
@@ -64,22 +148,33 @@ through a physical replication slot walrelay_<node-id>, stores it durably in
 --listen with the ordinary streaming replication protocol.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			log, err := newLogger(f.logLevel, f.logFormat)
+			level := new(slog.LevelVar)
+			log, err := newLogger(f.logLevel, f.logFormat, level)
 			if err != nil {
 				return err
-			}
-			if f.manager == "" {
-				f.manager = os.Getenv("WALRELAY_MANAGER")
 			}
 			if f.upstream == "" && f.manager == "" {
 				return errors.New("need --upstream, --manager (or WALRELAY_MANAGER), or both")
 			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
-			return runRelay(ctx, f, log)
+			node, err := newRelayNode(*f, log)
+			if err != nil {
+				return err
+			}
+			node.level, node.cmdFlags = level, cmd.Flags()
+			return node.Run(ctx)
 		},
 	}
+	addConfigFlag(cmd, &f.configFile)
 	fl := cmd.Flags()
+	fl.StringVar(&f.tlsCert, "tls-cert", "", "PEM certificate offered to clients that ask for TLS (with --tls-key); reloaded on SIGHUP")
+	fl.StringVar(&f.tlsKey, "tls-key", "", "PEM private key of --tls-cert")
+	fl.StringVar(&f.tlsClientCA, "tls-client-ca", "", "PEM CA bundle client certificates must chain to (enables the cert method)")
+	fl.StringVar(&f.accessRules, "access-rules", "", "file of pg_hba-like rules: TYPE USERS ADDRESS METHOD (host|hostssl|hostnossl, trust|scram-sha-256|cert|reject); reloaded on SIGHUP")
+	fl.IntVar(&f.maxConns, "max-connections", 500, "most client connections")
+	fl.IntVar(&f.maxConnsUser, "max-connections-per-user", 0, "most client connections of one user (0: no bound)")
+	fl.DurationVar(&f.startupTime, "startup-timeout", 10*time.Second, "close connections that have not finished TLS, startup and authentication within this")
 	fl.StringVar(&f.nodeID, "node-id", "", "name of this relay (slot walrelay_<node-id> on the parent, application_name)")
 	fl.StringVar(&f.listen, "listen", "127.0.0.1:6432", "address for replication clients")
 	fl.StringVar(&f.upstream, "upstream", "", "libpq connection string of the parent")
@@ -105,11 +200,17 @@ through a physical replication slot walrelay_<node-id>, stores it durably in
 	return cmd
 }
 
-func newLogger(level, format string) (*slog.Logger, error) {
-	var lv slog.Level
-	if err := lv.UnmarshalText([]byte(level)); err != nil {
+// newLogger builds the process logger; lv, when not nil, holds its level
+// so that SIGHUP can change it.
+func newLogger(level, format string, lv *slog.LevelVar) (*slog.Logger, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(level)); err != nil {
 		return nil, fmt.Errorf("--log-level: %w", err)
 	}
+	if lv == nil {
+		lv = new(slog.LevelVar)
+	}
+	lv.Set(l)
 	opts := &slog.HandlerOptions{Level: lv}
 	switch format {
 	case "text":
@@ -139,20 +240,15 @@ func slotName(nodeID string) string {
 	return s
 }
 
-func runRelay(ctx context.Context, f relayFlags, log *slog.Logger) error {
-	node, err := newRelayNode(f, log)
-	if err != nil {
-		return err
-	}
-	return node.Run(ctx)
-}
-
 // relayNode is one relay's parts wired together: store, upstream client,
 // server, HTTP endpoints and retention.
 type relayNode struct {
 	f        relayFlags
 	log      *slog.Logger
-	retain   relay.RetentionPolicy
+	retain   atomic.Pointer[relay.RetentionPolicy]
+	tls      *relay.TLSReloader
+	level    *slog.LevelVar
+	cmdFlags *pflag.FlagSet // to tell command-line settings from file ones on reload
 	store    *walstream.Store
 	up       *walstream.Upstream
 	srv      *relay.Server
@@ -176,22 +272,15 @@ func (l *lateFeedback) Feedback() (walstream.HotStandbyFeedback, bool) {
 // newRelayNode opens the store and binds the listeners; Run serves.
 func newRelayNode(f relayFlags, log *slog.Logger) (_ *relayNode, err error) {
 	n := &relayNode{f: f, log: log}
-	if n.retain.RetainSize, n.retain.RetainAge, err = relay.ParseRetain(f.retain); err != nil {
-		return nil, fmt.Errorf("--retain: %w", err)
+	st, err := f.settings()
+	if err != nil {
+		return nil, err
 	}
-	if n.retain.MaxRetainedSize, err = relay.ParseSize(f.maxRetained); err != nil {
-		return nil, fmt.Errorf("--max-retained-size: %w", err)
-	}
+	n.retain.Store(&st.retain)
+	n.tls = st.tls
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-
-	if f.storeCompress != "zstd" && f.storeCompress != "off" {
-		return nil, fmt.Errorf("--store-compression %q: want zstd or off", f.storeCompress)
-	}
-	tail, err := relay.ParseSize(f.memoryTail)
-	if err != nil {
-		return nil, fmt.Errorf("--memory-tail: %w", err)
-	}
+	tail := st.tail
 	if n.store, err = walstream.OpenStore(f.dataDir, walstream.StoreOptions{Logger: log, Compress: f.storeCompress == "zstd", TailBytes: tail}); err != nil {
 		return nil, err
 	}
@@ -227,24 +316,23 @@ func newRelayNode(f relayFlags, log *slog.Logger) (_ *relayNode, err error) {
 	if err != nil {
 		return nil, err
 	}
-	var creds *relay.Credentials
-	if f.authFile != "" {
-		if creds, err = relay.LoadCredentialsFile(f.authFile); err != nil {
-			return nil, err
-		}
-	}
 	n.srv, err = relay.NewServer(relay.Config{
-		NodeID:             f.nodeID,
-		Source:             n.store,
-		Upstream:           n.up,
-		Credentials:        creds,
-		SlotDir:            filepath.Join(f.dataDir, "slots"),
-		SenderTimeout:      f.senderTimeout,
-		UpstreamConnString: n.up.ConnString,
-		Backfill:           &walstream.Backfiller{ConnString: n.up.ConnString, NodeID: f.nodeID, Store: n.store, Logger: log},
-		FeedbackFrom:       relay.ParseFeedbackPolicy(f.feedbackFrom),
-		Logger:             log,
-		Registerer:         reg,
+		NodeID:                f.nodeID,
+		Source:                n.store,
+		Upstream:              n.up,
+		Credentials:           st.creds,
+		Rules:                 st.rules,
+		TLS:                   st.tls,
+		MaxConnections:        f.maxConns,
+		MaxConnectionsPerUser: f.maxConnsUser,
+		StartupTimeout:        f.startupTime,
+		SlotDir:               filepath.Join(f.dataDir, "slots"),
+		SenderTimeout:         f.senderTimeout,
+		UpstreamConnString:    n.up.ConnString,
+		Backfill:              &walstream.Backfiller{ConnString: n.up.ConnString, NodeID: f.nodeID, Store: n.store, Logger: log},
+		FeedbackFrom:          relay.ParseFeedbackPolicy(f.feedbackFrom),
+		Logger:                log,
+		Registerer:            reg,
 	})
 	if err != nil {
 		return nil, err
@@ -311,7 +399,10 @@ func (n *relayNode) Run(ctx context.Context) error {
 			return nil
 		})
 	}
-	g.Go(func() error { return n.srv.RunRetention(gctx, n.store, n.retain, 5*time.Second) })
+	g.Go(func() error {
+		return n.srv.RunRetention(gctx, n.store, func() relay.RetentionPolicy { return *n.retain.Load() }, 5*time.Second)
+	})
+	g.Go(func() error { n.reloadOnSIGHUP(gctx); return nil })
 	g.Go(func() error { return n.store.RunCompactor(gctx, time.Second) })
 	if n.f.manager != "" {
 		agent, err := n.agent()
@@ -392,4 +483,70 @@ func (n *relayNode) report() topology.RelayReport {
 		}
 	}
 	return rep
+}
+
+// reloadOnSIGHUP re-reads what can change live: the access rules, the TLS
+// certificate, retention and the log level (from the config file for the
+// settings not given as flags or environment). Streams are not touched; a
+// bad file changes nothing and says why.
+func (n *relayNode) reloadOnSIGHUP(ctx context.Context) {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-hup:
+		}
+		if err := n.reload(); err != nil {
+			n.log.Error("reload failed; keeping the current settings", "err", err)
+		}
+	}
+}
+
+func (n *relayNode) reload() error {
+	f := n.f
+	if n.f.configFile != "" && n.cmdFlags != nil {
+		// Read the file into a fresh command, then keep the values the
+		// running one got from flags or the environment.
+		var fresh relayFlags
+		fc := newRelayCmdWith(&fresh)
+		n.cmdFlags.VisitAll(func(fl *pflag.Flag) {
+			if fl.Changed {
+				fc.Flags().Set(fl.Name, fl.Value.String())
+			}
+		})
+		if _, err := applySettings(fc.Flags(), n.f.configFile); err != nil {
+			return err
+		}
+		f = fresh
+	}
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(f.logLevel)); err != nil {
+		return fmt.Errorf("log-level: %w", err)
+	}
+	p, err := f.retention()
+	if err != nil {
+		return err
+	}
+	var rules relay.Rules
+	if f.accessRules != "" {
+		if rules, err = relay.LoadRules(f.accessRules); err != nil {
+			return err
+		}
+	}
+	if n.tls != nil {
+		if err := n.tls.Reload(); err != nil {
+			return err
+		}
+	}
+	if n.level != nil {
+		n.level.Set(lv)
+	}
+	n.retain.Store(&p)
+	n.srv.SetRules(rules)
+	n.log.Info("reloaded", "log_level", lv.String(), "access_rules", f.accessRules, "rules", len(rules),
+		"retain", f.retain, "max_retained_size", f.maxRetained, "tls", n.tls != nil)
+	return nil
 }
