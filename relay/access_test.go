@@ -2,79 +2,38 @@ package relay
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
-	"math/big"
 	"net"
 	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/walrelay/walrelay/internal/testcert"
 	"github.com/walrelay/walrelay/walstream"
 )
 
-// testCA issues certificates for the tests: a server certificate for
-// 127.0.0.1 and client certificates by common name.
-type testCA struct {
-	cert *x509.Certificate
-	key  *ecdsa.PrivateKey
-	dir  string
-}
-
-func newTestCA(t *testing.T, dir, name string) *testCA {
+func newCA(t *testing.T, dir, name string) *testcert.CA {
 	t.Helper()
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: name},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	ca, err := testcert.NewCA(dir, name)
 	if err != nil {
 		t.Fatal(err)
 	}
-	cert, _ := x509.ParseCertificate(der)
-	ca := &testCA{cert: cert, key: key, dir: dir}
-	writePEM(t, filepath.Join(dir, name+".crt"), "CERTIFICATE", der)
 	return ca
 }
 
-func (ca *testCA) file() string { return filepath.Join(ca.dir, ca.cert.Subject.CommonName+".crt") }
-
-// issue writes name.crt and name.key signed by ca and returns their paths.
-func (ca *testCA) issue(t *testing.T, name string, server bool) (string, string) {
+func issue(t *testing.T, ca *testcert.CA, name string, server bool) (string, string) {
 	t.Helper()
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: pkix.Name{CommonName: name},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		KeyUsage: x509.KeyUsageDigitalSignature}
+	issueFn := ca.Client
 	if server {
-		tmpl.IPAddresses = []net.IP{net.IPv4(127, 0, 0, 1)}
-		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}
-	} else {
-		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}
+		issueFn = ca.Server
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
+	crt, key, err := issueFn(name)
 	if err != nil {
 		t.Fatal(err)
 	}
-	kb, _ := x509.MarshalECPrivateKey(key)
-	crt, k := filepath.Join(ca.dir, name+".crt"), filepath.Join(ca.dir, name+".key")
-	writePEM(t, crt, "CERTIFICATE", der)
-	writePEM(t, k, "EC PRIVATE KEY", kb)
-	return crt, k
-}
-
-func writePEM(t *testing.T, path, typ string, der []byte) {
-	t.Helper()
-	if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	return crt, key
 }
 
 func TestParseRules(t *testing.T) {
@@ -125,10 +84,10 @@ host     all        all          reject
 // plaintext refused, then rules and certificates replaced live.
 func TestTLSAndAccessRules(t *testing.T) {
 	dir := t.TempDir()
-	ca := newTestCA(t, dir, "ca")
-	crt, key := ca.issue(t, "relay", true)
-	aliceCrt, aliceKey := ca.issue(t, "alice", false)
-	tlsR, err := NewTLSReloader(TLSFiles{CertFile: crt, KeyFile: key, ClientCAFile: ca.file()})
+	ca := newCA(t, dir, "ca")
+	crt, key := issue(t, ca, "relay", true)
+	aliceCrt, aliceKey := issue(t, ca, "alice", false)
+	tlsR, err := NewTLSReloader(TLSFiles{CertFile: crt, KeyFile: key, ClientCAFile: ca.File})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -145,7 +104,7 @@ func TestTLSAndAccessRules(t *testing.T) {
 	connect := func(params string) (*pgconn.PgConn, error) {
 		return pgconn.Connect(ctx, "host="+host+" port="+port+" replication=true "+params)
 	}
-	root := " sslrootcert=" + ca.file()
+	root := " sslrootcert=" + ca.File
 	alice := " sslcert=" + aliceCrt + " sslkey=" + aliceKey
 
 	conn, err := connect("user=alice sslmode=verify-full" + root + alice)
@@ -169,8 +128,8 @@ func TestTLSAndAccessRules(t *testing.T) {
 	assertPgError(t, err, "28000", `access rules reject connection for host "127.0.0.1", user "bob", no encryption`)
 	_, err = connect("user=bob password=wrong sslmode=require")
 	assertPgError(t, err, "28P01", `password authentication failed for user "bob"`)
-	other := newTestCA(t, t.TempDir(), "other")
-	if _, err := connect("user=bob password=secret sslmode=verify-full sslrootcert=" + other.file()); err == nil || !strings.Contains(err.Error(), "certificate") {
+	other := newCA(t, t.TempDir(), "other")
+	if _, err := connect("user=bob password=secret sslmode=verify-full sslrootcert=" + other.File); err == nil || !strings.Contains(err.Error(), "certificate") {
 		t.Errorf("verify-full against another CA: %v", err)
 	}
 
@@ -185,13 +144,13 @@ func TestTLSAndAccessRules(t *testing.T) {
 
 	// Certificates replaced live: new connections verify against the new
 	// CA; the established one keeps streaming commands.
-	crt2, key2 := other.issue(t, "relay2", true)
+	crt2, key2 := issue(t, other, "relay2", true)
 	os.Rename(crt2, crt)
 	os.Rename(key2, key)
 	if err := tlsR.Reload(); err != nil {
 		t.Fatal(err)
 	}
-	c4, err := connect("user=bob sslmode=verify-full sslrootcert=" + other.file())
+	c4, err := connect("user=bob sslmode=verify-full sslrootcert=" + other.File)
 	if err != nil {
 		t.Fatalf("verify-full against the reloaded certificate: %v", err)
 	}

@@ -17,14 +17,15 @@ const module = "github.com/walrelay/walrelay"
 // data plane; walstream knows nothing about trees.
 var allowed = map[string][]string{
 	"cmd/walrelay":       {"relay", "walstream", "topology", "failover", "internal/pgcluster"},
-	"relay":              {"walstream", "internal/fsutil", "internal/waltest"},
+	"relay":              {"walstream", "internal/fsutil", "internal/waltest", "internal/testcert"},
 	"failover":           {"topology", "walstream"},
 	"topology":           {"walstream"},
 	"walstream":          {"internal/fsutil", "internal/waltest"},
 	"internal/fsutil":    {},
 	"internal/waltest":   {},
+	"internal/testcert":  {},
 	"internal/pgcluster": {},
-	"e2e":                {"internal/pgcluster", "walstream", "relay", "topology"},
+	"e2e":                {"internal/pgcluster", "internal/testcert", "walstream", "relay", "topology"},
 	"internal/lint":      {},
 }
 
