@@ -1,8 +1,8 @@
 package relay
 
 import (
-	"crypto/tls"
 	"crypto/rand"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -36,8 +36,8 @@ type session struct {
 	ssl  bool
 	// peerCN is the common name of a verified client certificate.
 	peerCN string
-	pid  int32
-	log  *slog.Logger
+	pid    int32
+	log    *slog.Logger
 
 	compress bool // the client asked for a zstd link and was told yes
 
