@@ -2,6 +2,7 @@ package topology
 
 import (
 	"bytes"
+	_ "embed"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -12,6 +13,9 @@ import (
 
 	"github.com/hashicorp/raft"
 )
+
+//go:embed ui/index.html
+var uiPage []byte
 
 // TreeResponse is GET /v1/tree: the tree as this member has applied it.
 type TreeResponse struct {
@@ -49,6 +53,12 @@ func (m *Manager) api() http.Handler {
 	mux.HandleFunc("GET /v1/status", m.handleStatus)
 	mux.HandleFunc("GET /v1/members", m.handleMembers)
 	mux.HandleFunc("POST /v1/members/remove", m.handleRemoveMember)
+	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, _ *http.Request) {
+		// The read-only tree page: one file, no external assets.
+		w.Header().Set("Content-Type", "text/html; charset=utf-8")
+		w.Header().Set("Content-Security-Policy", "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'")
+		w.Write(uiPage)
+	})
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("ok\n")) })
 	return mux
 }
