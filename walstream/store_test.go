@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 
@@ -304,4 +305,36 @@ func TestStoreConcurrentReaders(t *testing.T) {
 
 func TestMain(m *testing.M) {
 	goleak.VerifyTestMain(m)
+}
+
+// A segment that ends in zeros after its valid pages (the padding after an
+// XLOG_SWITCH record: pg_switch_wal, the end of a base backup) installs; one
+// with anything else after its valid pages does not.
+func TestInstallSegmentAfterSwitch(t *testing.T) {
+	s := openTestStore(t, t.TempDir())
+	if err := s.Bind(testID, "15.18"); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.StartAt(1, 3*testSeg); err != nil {
+		t.Fatal(err)
+	}
+	writeWAL(t, s, 3*testSeg, 3*testSeg+PageSize, PageSize)
+	switched := make([]byte, testSeg)
+	copy(switched, waltest.Generate(testSysID, testSeg, 1, 2*testSeg, 3*PageSize))
+	if err := s.InstallSegment(1, 2, switched); err != nil {
+		t.Fatalf("segment padded with zeros after a switch: %v", err)
+	}
+	got := readAll(t, s, 2*testSeg, 3*testSeg)
+	if !bytes.Equal(got, switched) {
+		t.Fatal("installed segment reads back different")
+	}
+	garbage := make([]byte, testSeg)
+	copy(garbage, waltest.Generate(testSysID, testSeg, 1, testSeg, 3*PageSize))
+	garbage[5*PageSize+7] = 1
+	if err := s.InstallSegment(1, 1, garbage); err == nil || !strings.Contains(err.Error(), "page at offset 24576") {
+		t.Errorf("valid pages, zeros and a stray byte: %v, want an error at offset 24576", err)
+	}
+	if err := s.InstallSegment(1, 0, make([]byte, testSeg)); err == nil {
+		t.Error("an all-zero segment installed")
+	}
 }

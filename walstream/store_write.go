@@ -250,7 +250,10 @@ func (s *Store) InstallSegment(tli TimeLineID, no uint64, data []byte) error {
 	if (no+1)*segSize > uint64(writeEnd) {
 		return fmt.Errorf("install segment %s: not behind the store's write end %s", name, writeEnd)
 	}
-	if valid := s.validPrefix(data, LSN(no*segSize)); valid != len(data) {
+	// After an XLOG_SWITCH record (pg_switch_wal, the end of a base
+	// backup, archive_timeout) the rest of a segment is zeros: valid pages
+	// followed by nothing but zeros is a complete segment.
+	if valid := s.validPrefix(data, LSN(no*segSize)); valid != len(data) && (valid == 0 || !allZero(data[valid:])) {
 		return fmt.Errorf("install segment %s: page at offset %d is not valid WAL of system %d", name, valid, id.SystemID)
 	}
 	path := filepath.Join(s.walDir(), name)
@@ -267,4 +270,13 @@ func (s *Store) InstallSegment(tli TimeLineID, no uint64, data []byte) error {
 	s.segs[seg.key] = seg
 	s.mu.Unlock()
 	return nil
+}
+
+func allZero(b []byte) bool {
+	for _, c := range b {
+		if c != 0 {
+			return false
+		}
+	}
+	return true
 }
