@@ -22,6 +22,9 @@ type ManagerConfig struct {
 	NodeID   string // Raft server ID
 	RaftAddr string // host:port for Raft traffic (advertised as given)
 	HTTPAddr string // host:port for the API
+	// AdvertiseHTTP is the API address other members and clients use
+	// (default: the bound HTTPAddr, wrong when it is 0.0.0.0).
+	AdvertiseHTTP string
 	DataDir  string // Raft log, stable store and snapshots
 	// Bootstrap makes this member form a new one-member cluster when it
 	// has no state yet. Join lists other members' API URLs to ask for
@@ -201,7 +204,12 @@ func (m *Manager) ensureMembership(ctx context.Context) {
 	}
 }
 
-func (m *Manager) advertisedHTTP() string { return m.ln.Addr().String() }
+func (m *Manager) advertisedHTTP() string {
+	if m.cfg.AdvertiseHTTP != "" {
+		return m.cfg.AdvertiseHTTP
+	}
+	return m.ln.Addr().String()
+}
 
 // Addr is the API's address.
 func (m *Manager) Addr() string { return m.ln.Addr().String() }

@@ -106,19 +106,14 @@ func runDemo(ctx context.Context, out io.Writer, f demoFlags) error {
 	if err != nil {
 		return err
 	}
-	node, err := newRelayNode(relayFlags{
-		nodeID:        "r1",
-		listen:        fmt.Sprintf("127.0.0.1:%d", port),
-		upstream:      primary.ReplicationConnString(),
-		dataDir:       filepath.Join(base, "relay-r1"),
-		senderTimeout: 60 * time.Second,
-		retain:        "1GB",
-		maxRetained:   "0",
-		compression:   "zstd",
-		feedbackFrom:  "all",
-		storeCompress: "zstd",
-		memoryTail:    "64MB",
-	}, log)
+	// The relay runs with the defaults of `walrelay relay`, as parsed.
+	var rf relayFlags
+	if err := newRelayCmdWith(&rf).Flags().Parse([]string{"--node-id", "r1",
+		"--listen", fmt.Sprintf("127.0.0.1:%d", port), "--upstream", primary.ReplicationConnString(),
+		"--data-dir", filepath.Join(base, "relay-r1")}); err != nil {
+		return err
+	}
+	node, err := newRelayNode(rf, log)
 	if err != nil {
 		return err
 	}

@@ -66,6 +66,7 @@ func newManagerCmd() *cobra.Command {
 	fl.StringVar(&cfg.NodeID, "node-id", "", "this manager's name (Raft server ID)")
 	fl.StringVar(&cfg.RaftAddr, "raft-addr", "127.0.0.1:7001", "address for Raft traffic")
 	fl.StringVar(&cfg.HTTPAddr, "http", "127.0.0.1:7101", "address for the API")
+	fl.StringVar(&cfg.AdvertiseHTTP, "advertise-http", "", "host:port other members and clients use to reach the API (default: --http)")
 	fl.StringVar(&cfg.DataDir, "data-dir", "", "directory for the Raft log and snapshots")
 	fl.BoolVar(&cfg.Bootstrap, "bootstrap", false, "form a new cluster with this member (first member only)")
 	fl.StringVar(&join, "join", "", "API URL(s) of existing members to join, comma-separated")
