@@ -25,7 +25,7 @@ type ManagerConfig struct {
 	// AdvertiseHTTP is the API address other members and clients use
 	// (default: the bound HTTPAddr, wrong when it is 0.0.0.0).
 	AdvertiseHTTP string
-	DataDir  string // Raft log, stable store and snapshots
+	DataDir       string // Raft log, stable store and snapshots
 	// Bootstrap makes this member form a new one-member cluster when it
 	// has no state yet. Join lists other members' API URLs to ask for
 	// membership instead.
