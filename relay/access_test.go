@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/walrelay/walrelay/internal/testcert"
 	"github.com/walrelay/walrelay/walstream"
@@ -220,5 +221,32 @@ func TestConnectionLimitsAndStartupTimeout(t *testing.T) {
 			t.Fatalf("a place freed by the timeout: %v", err)
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// The per-child and per-slot metrics are computed at scrape time.
+func TestStateMetrics(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	f := newFixtureWith(t, 3*testSeg, walstream.StoreOptions{TailBytes: 1 << 20}, func(c *Config) { c.Registerer = reg })
+	f.appendWAL(t, 64<<10)
+	if _, err := f.srv.EnsureSlot("s1_slot", 3*testSeg); err != nil {
+		t.Fatal(err)
+	}
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]float64{}
+	for _, mf := range mfs {
+		for _, m := range mf.GetMetric() {
+			name := mf.GetName()
+			for _, l := range m.GetLabel() {
+				name += "{" + l.GetValue() + "}"
+			}
+			got[name] = m.GetGauge().GetValue()
+		}
+	}
+	if got["walrelay_slot_retained_bytes{s1_slot}"] != 64<<10 || got["walrelay_slot_active{s1_slot}"] != 0 || got["walrelay_downstream_streaming"] != 0 {
+		t.Errorf("metrics: %v", got)
 	}
 }

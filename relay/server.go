@@ -185,6 +185,9 @@ func NewServer(cfg Config) (*Server, error) {
 	var b [2]byte
 	rand.Read(b[:])
 	s.nextPID.Store(int32(100000 + int(binary.BigEndian.Uint16(b[:]))*10))
+	if cfg.Registerer != nil {
+		cfg.Registerer.MustRegister(newStateCollector(s))
+	}
 	s.SetRules(cfg.Rules)
 	return s, nil
 }

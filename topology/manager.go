@@ -14,6 +14,8 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
 )
 
@@ -36,6 +38,9 @@ type ManagerConfig struct {
 	FailureTimeout time.Duration
 	// Policy is what placement keeps the tree to.
 	Policy Policy
+	// Metrics, when set, gets the manager's collectors and is served at
+	// /metrics.
+	Metrics *prometheus.Registry
 	Logger *slog.Logger
 }
 
@@ -126,7 +131,12 @@ func NewManager(cfg ManagerConfig) (*Manager, error) {
 		m.close()
 		return nil, fmt.Errorf("listen: %w", err)
 	}
-	m.http = &http.Server{Handler: m.api(), ReadHeaderTimeout: 10 * time.Second}
+	handler := m.api()
+	if cfg.Metrics != nil {
+		cfg.Metrics.MustRegister(newManagerCollector(m))
+		m.mux.Handle("GET /metrics", promhttp.HandlerFor(cfg.Metrics, promhttp.HandlerOpts{Registry: cfg.Metrics}))
+	}
+	m.http = &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second}
 	return m, nil
 }
 

@@ -2,8 +2,12 @@ package topology
 
 import (
 	"context"
+	"github.com/prometheus/client_golang/prometheus"
+	"io"
 	"net"
+	"net/http"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -202,4 +206,33 @@ func TestManagerReparentsOnRelayFailure(t *testing.T) {
 		tr, err := c.Tree(ctx)
 		return err == nil && tr.Tree.Nodes["r1"].State == StateAlive && len(tr.Tree.Children("r1")) == 0
 	})
+}
+
+func TestManagerMetrics(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	m, err := NewManager(ManagerConfig{NodeID: "m1", RaftAddr: freeAddr(t), HTTPAddr: freeAddr(t),
+		DataDir: t.TempDir(), Bootstrap: true, Metrics: reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- m.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	c := &Client{URLs: []string{"http://" + m.Addr()}}
+	eventually(t, "leader", func() bool { return m.IsLeader() })
+	if _, err := c.Apply(ctx, Command{Op: OpRegisterRelay, Name: "r1"}); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.Get("http://" + m.Addr() + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{"walrelay_manager_leader 1", `walrelay_tree_nodes{kind="relay",state="alive"} 1`, "walrelay_tree_epoch ", "walrelay_manager_raft_commit_index "} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("/metrics lacks %q", want)
+		}
+	}
 }

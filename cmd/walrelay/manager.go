@@ -14,6 +14,8 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/spf13/cobra"
 
 	"github.com/walrelay/walrelay/failover"
@@ -45,6 +47,8 @@ func newManagerCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
+			cfg.Metrics = prometheus.NewRegistry()
+			cfg.Metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 			m, err := topology.NewManager(cfg)
 			if err != nil {
 				return err
