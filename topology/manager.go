@@ -14,9 +14,9 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
+	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
-	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
 )
 
 // ManagerConfig configures one member of the manager cluster.
@@ -41,7 +41,7 @@ type ManagerConfig struct {
 	// Metrics, when set, gets the manager's collectors and is served at
 	// /metrics.
 	Metrics *prometheus.Registry
-	Logger *slog.Logger
+	Logger  *slog.Logger
 }
 
 // Validate checks the configuration.
