@@ -95,7 +95,7 @@ func (m *Manager) status(ctx context.Context) *StatusResponse {
 	if err != nil {
 		return nil
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := m.client.Do(req)
 	if err != nil {
 		return nil
 	}
@@ -165,7 +165,13 @@ func (m *Manager) forward(w http.ResponseWriter, r *http.Request, body []byte) b
 		}
 		return false
 	}
-	resp, err := http.Post(url+r.URL.Path, "application/json", bytes.NewReader(body))
+	req, err := http.NewRequestWithContext(r.Context(), http.MethodPost, url+r.URL.Path, bytes.NewReader(body))
+	if err != nil {
+		writeJSON(w, http.StatusInternalServerError, CommandResponse{Error: err.Error()})
+		return true
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := m.client.Do(req)
 	if err != nil {
 		writeJSON(w, http.StatusBadGateway, CommandResponse{Error: fmt.Sprintf("forward to leader %s: %v", url, err)})
 		return true

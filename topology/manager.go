@@ -2,6 +2,7 @@ package topology
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -41,6 +42,9 @@ type ManagerConfig struct {
 	// Metrics, when set, gets the manager's collectors and is served at
 	// /metrics.
 	Metrics *prometheus.Registry
+	// TLS, when set, serves the API over HTTPS and runs Raft over mutual
+	// TLS; Join URLs and the members' addresses are then https.
+	TLS *TLSFiles
 	Logger  *slog.Logger
 }
 
@@ -69,6 +73,9 @@ type Manager struct {
 	trans *raft.NetworkTransport
 	ln    net.Listener
 	http  *http.Server
+	tls   *managerTLS
+	// client talks to other members (forwarding, joining).
+	client *http.Client
 	live  liveness
 	obs   *observer
 	mux   *http.ServeMux
@@ -101,7 +108,24 @@ func NewManager(cfg ManagerConfig) (*Manager, error) {
 		m.store.Close()
 		return nil, fmt.Errorf("raft address: %w", err)
 	}
-	if m.trans, err = raft.NewTCPTransport(cfg.RaftAddr, addr, 3, 10*time.Second, io.Discard); err != nil {
+	// No client timeout: forwarded requests (a switchover takes a while)
+	// are bounded by their own request's context.
+	m.client = &http.Client{}
+	if cfg.TLS != nil {
+		if m.tls, err = loadManagerTLS(*cfg.TLS); err != nil {
+			m.store.Close()
+			return nil, err
+		}
+		tr := http.DefaultTransport.(*http.Transport).Clone()
+		tr.TLSClientConfig = m.tls.client
+		m.client = &http.Client{Transport: tr}
+		layer, err := newRaftTLSLayer(cfg.RaftAddr, addr, m.tls)
+		if err != nil {
+			m.store.Close()
+			return nil, fmt.Errorf("raft transport: %w", err)
+		}
+		m.trans = raft.NewNetworkTransport(layer, 3, 10*time.Second, io.Discard)
+	} else if m.trans, err = raft.NewTCPTransport(cfg.RaftAddr, addr, 3, 10*time.Second, io.Discard); err != nil {
 		m.store.Close()
 		return nil, fmt.Errorf("raft transport: %w", err)
 	}
@@ -131,12 +155,17 @@ func NewManager(cfg ManagerConfig) (*Manager, error) {
 		m.close()
 		return nil, fmt.Errorf("listen: %w", err)
 	}
+	if m.tls != nil {
+		m.ln = tls.NewListener(m.ln, m.tls.server)
+	}
 	handler := m.api()
 	if cfg.Metrics != nil {
 		cfg.Metrics.MustRegister(newManagerCollector(m))
 		m.mux.Handle("GET /metrics", promhttp.HandlerFor(cfg.Metrics, promhttp.HandlerOpts{Registry: cfg.Metrics}))
 	}
-	m.http = &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second}
+	m.http = &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second,
+		// TLS handshake failures and the like, at debug level in our log.
+		ErrorLog: slog.NewLogLogger(m.log.Handler(), slog.LevelDebug)}
 	return m, nil
 }
 
@@ -201,17 +230,25 @@ func (m *Manager) ensureMembership(ctx context.Context) {
 	if inConfig {
 		m.joined = true
 	}
-	if inConfig && m.raft.State() == raft.Leader && m.fsm.Tree().Managers[m.cfg.NodeID] != "http://"+m.advertisedHTTP() {
-		m.raft.Apply(Command{Op: OpManager, Name: m.cfg.NodeID, Conninfo: "http://" + m.advertisedHTTP()}.Encode(), 5*time.Second)
+	if inConfig && m.raft.State() == raft.Leader && m.fsm.Tree().Managers[m.cfg.NodeID] != m.apiURL() {
+		m.raft.Apply(Command{Op: OpManager, Name: m.cfg.NodeID, Conninfo: m.apiURL()}.Encode(), 5*time.Second)
 		return
 	}
 	if m.joined || len(m.cfg.Join) == 0 {
 		return
 	}
-	c := &Client{URLs: m.cfg.Join}
-	if err := c.Join(ctx, JoinRequest{ID: m.cfg.NodeID, RaftAddr: string(m.trans.LocalAddr()), HTTPAddr: "http://" + m.advertisedHTTP()}); err != nil {
+	c := &Client{URLs: m.cfg.Join, HTTP: m.client}
+	if err := c.Join(ctx, JoinRequest{ID: m.cfg.NodeID, RaftAddr: string(m.trans.LocalAddr()), HTTPAddr: m.apiURL()}); err != nil {
 		m.log.Warn("join failed; retrying", "err", err)
 	}
+}
+
+// apiURL is this member's API as the others and clients reach it.
+func (m *Manager) apiURL() string {
+	if m.tls != nil {
+		return "https://" + m.advertisedHTTP()
+	}
+	return "http://" + m.advertisedHTTP()
 }
 
 func (m *Manager) advertisedHTTP() string {

@@ -78,6 +78,16 @@ func newManagerCmd() *cobra.Command {
 	fl.DurationVar(&cfg.FailureTimeout, "failure-timeout", 5*time.Second, "mark a relay failed after this long without a heartbeat")
 	fl.IntVar(&cfg.Policy.MaxChildren, "max-children", 8, "placement: most children per relay")
 	fl.IntVar(&cfg.Policy.MaxDepth, "max-depth", 3, "placement: most relays between the primary and any node")
+	var tlsFiles topology.TLSFiles
+	fl.StringVar(&tlsFiles.CertFile, "tls-cert", "", "PEM certificate: the API is served over HTTPS and Raft runs over mutual TLS")
+	fl.StringVar(&tlsFiles.KeyFile, "tls-key", "", "PEM key of --tls-cert")
+	fl.StringVar(&tlsFiles.CAFile, "tls-ca", "", "PEM CA bundle the other members' certificates must chain to")
+	cmd.PreRunE = chainPreRun(cmd.PreRunE, func() error {
+		if tlsFiles != (topology.TLSFiles{}) {
+			cfg.TLS = &tlsFiles
+		}
+		return nil
+	})
 	fl.StringVar(&promotion, "promotion", "auto", "when the primary fails: auto (promote the best candidate), external (follow a promotion done elsewhere) or off")
 	fl.DurationVar(&fcfg.PrimaryFailureTimeout, "primary-failure-timeout", 3*time.Second, "the primary counts as down after this long without answering the managers (and with the first-tier relays' streams lost)")
 	fl.DurationVar(&fcfg.CatchupTimeout, "catchup-timeout", 10*time.Second, "longest wait for the candidate to receive what the relay tier holds before promotion")
@@ -85,6 +95,18 @@ func newManagerCmd() *cobra.Command {
 	cmd.MarkFlagRequired("node-id")
 	cmd.MarkFlagRequired("data-dir")
 	return cmd
+}
+
+// chainPreRun runs first, then next.
+func chainPreRun(first func(*cobra.Command, []string) error, next func() error) func(*cobra.Command, []string) error {
+	return func(cmd *cobra.Command, args []string) error {
+		if first != nil {
+			if err := first(cmd, args); err != nil {
+				return err
+			}
+		}
+		return next()
+	}
 }
 
 func splitURLs(s string) []string {
@@ -100,8 +122,13 @@ func splitURLs(s string) []string {
 	return out
 }
 
-// managerClient builds a client from --manager or WALRELAY_MANAGER.
+// managerClient builds a client from --manager or WALRELAY_MANAGER; https
+// managers are verified against WALRELAY_MANAGER_CA (or the system roots).
 func managerClient(flag string) (*topology.Client, error) {
+	return managerClientCA(flag, os.Getenv("WALRELAY_MANAGER_CA"))
+}
+
+func managerClientCA(flag, ca string) (*topology.Client, error) {
 	if flag == "" {
 		flag = os.Getenv("WALRELAY_MANAGER")
 	}
@@ -109,7 +136,15 @@ func managerClient(flag string) (*topology.Client, error) {
 	if len(urls) == 0 {
 		return nil, errors.New("no manager: pass --manager URL[,URL...] or set WALRELAY_MANAGER")
 	}
-	return &topology.Client{URLs: urls}, nil
+	c := &topology.Client{URLs: urls}
+	if ca != "" || strings.HasPrefix(urls[0], "https://") {
+		hc, err := topology.HTTPClientTLS(ca)
+		if err != nil {
+			return nil, err
+		}
+		c.HTTP = hc
+	}
+	return c, nil
 }
 
 func addManagerFlag(cmd *cobra.Command, dst *string) {

@@ -52,6 +52,7 @@ type relayFlags struct {
 	advertise     string
 	zone          string
 	configFile    string
+	managerCA     string
 	tlsCert       string
 	tlsKey        string
 	tlsClientCA   string
@@ -193,6 +194,7 @@ through a physical replication slot walrelay_<node-id>, stores it durably in
 	fl.StringVar(&f.manager, "manager", "", "manager API URL(s): register, heartbeat and follow the assigned parent (--upstream becomes optional; default $WALRELAY_MANAGER)")
 	fl.StringVar(&f.advertise, "advertise", "", "host:port children and managers use to reach this relay (default: --listen)")
 	fl.StringVar(&f.zone, "zone", "", "zone, for placement")
+	fl.StringVar(&f.managerCA, "manager-ca", "", "PEM CA bundle to verify https managers (default $WALRELAY_MANAGER_CA)")
 	fl.StringVar(&f.memoryTail, "memory-tail", "64MB", "newest WAL kept in memory to serve children at the tip without disk reads")
 	fl.StringVar(&f.feedbackFrom, "feedback-from", "all", "whose hot standby feedback is forwarded upstream: all, none, or application_names (a,b)")
 	cmd.MarkFlagRequired("node-id")
@@ -437,7 +439,7 @@ func (n *relayNode) Run(ctx context.Context) error {
 // agent links the relay to the managers: the parent they assign becomes the
 // upstream.
 func (n *relayNode) agent() (*topology.Agent, error) {
-	c, err := managerClient(n.f.manager)
+	c, err := managerClientCA(n.f.manager, n.f.managerCA)
 	if err != nil {
 		return nil, err
 	}

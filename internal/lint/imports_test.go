@@ -19,7 +19,7 @@ var allowed = map[string][]string{
 	"cmd/walrelay":       {"relay", "walstream", "topology", "failover", "internal/pgcluster"},
 	"relay":              {"walstream", "internal/fsutil", "internal/waltest", "internal/testcert"},
 	"failover":           {"topology", "walstream"},
-	"topology":           {"walstream"},
+	"topology":           {"walstream", "internal/testcert"},
 	"walstream":          {"internal/fsutil", "internal/waltest"},
 	"internal/fsutil":    {},
 	"internal/waltest":   {},
