@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"os/user"
 	"path/filepath"
 	"strconv"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/walrelay/walrelay/internal/pgcluster"
 	"github.com/walrelay/walrelay/internal/testcert"
 )
 
@@ -157,5 +159,50 @@ func TestTLSChainVerifyFull(t *testing.T) {
 	}
 	if !strings.Contains(tail(r2.LogFile, 50), "reload failed") {
 		t.Errorf("the refused reload was not logged")
+	}
+}
+
+// A manager over TLS, as an operator runs it: the CLI reaches it with
+// https and WALRELAY_MANAGER_CA, and a relay registers with --manager-ca;
+// without the CA the CLI refuses the certificate.
+func TestManagerTLSFromTheCLI(t *testing.T) {
+	requirePG(t)
+	primary := newPgbenchPrimary(t, 1)
+	dir := filepath.Join(testDir(t), "mgr-certs")
+	os.MkdirAll(dir, 0o755)
+	ca, err := testcert.NewCA(dir, "ca")
+	if err != nil {
+		t.Fatal(err)
+	}
+	crt, key, err := ca.Server("m1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rp, _ := pgcluster.FreePort()
+	hp, _ := pgcluster.FreePort()
+	url := fmt.Sprintf("https://127.0.0.1:%d", hp)
+	startBinary(t, "m1", nil, "manager", "--node-id", "m1", "--raft-addr", fmt.Sprintf("127.0.0.1:%d", rp),
+		"--http", fmt.Sprintf("127.0.0.1:%d", hp), "--data-dir", filepath.Join(testDir(t), "m1"), "--bootstrap",
+		"--tls-cert", crt, "--tls-key", key, "--tls-ca", ca.File)
+	withCA := func(args ...string) (string, error) {
+		cmd := exec.Command(relayBin, args...)
+		cmd.Env = append(os.Environ(), "WALRELAY_MANAGER_CA="+ca.File)
+		out, err := cmd.CombinedOutput()
+		return string(out), err
+	}
+	waitFor(t, 20*time.Second, "manager over https", func() (bool, error) {
+		_, err := withCA("tree", "--manager", url)
+		return err == nil, nil
+	})
+	if out, err := withCA("primary", "set", "pg", "--conninfo", primary.ReplicationConnString(), "--manager", url); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	r1 := startRelay(t, "r1", "", "--manager", url, "--manager-ca", ca.File)
+	waitFor(t, 30*time.Second, "relay registered over https and streaming", func() (bool, error) {
+		up, _ := r1.Status(t)["upstream"].(map[string]any)
+		return up["state"] == "streaming", nil
+	})
+	if out, err := walrelayCLI("tree", "--manager", url); err == nil || !strings.Contains(out, "certificate") {
+		t.Errorf("tree without the CA: %v %s, want a certificate error", err, out)
 	}
 }
