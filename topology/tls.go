@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -21,6 +22,8 @@ type TLSFiles struct {
 }
 
 type managerTLS struct {
+	files  TLSFiles
+	cert   atomic.Pointer[tls.Certificate]
 	server *tls.Config // API and Raft listeners
 	client *tls.Config // Raft dials, forwarding, joining
 }
@@ -29,19 +32,40 @@ func loadManagerTLS(f TLSFiles) (*managerTLS, error) {
 	if f.CertFile == "" || f.KeyFile == "" || f.CAFile == "" {
 		return nil, errors.New("manager TLS needs a certificate, a key and a CA file")
 	}
-	cert, err := tls.LoadX509KeyPair(f.CertFile, f.KeyFile)
-	if err != nil {
-		return nil, fmt.Errorf("manager TLS certificate: %w", err)
-	}
 	pool, err := LoadCAPool(f.CAFile)
 	if err != nil {
 		return nil, err
 	}
-	return &managerTLS{
-		server: &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{cert},
-			ClientCAs: pool, ClientAuth: tls.VerifyClientCertIfGiven},
-		client: &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{cert}, RootCAs: pool},
-	}, nil
+	t := &managerTLS{files: f}
+	if err := t.reload(); err != nil {
+		return nil, err
+	}
+	// The certificate is looked up per handshake, so a reload reaches new
+	// connections while established ones go on.
+	getCert := func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return t.cert.Load(), nil }
+	getClientCert := func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return t.cert.Load(), nil }
+	t.server = &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: getCert,
+		ClientCAs: pool, ClientAuth: tls.VerifyClientCertIfGiven}
+	t.client = &tls.Config{MinVersion: tls.VersionTLS12, GetClientCertificate: getClientCert, RootCAs: pool}
+	return t, nil
+}
+
+func (t *managerTLS) reload() error {
+	cert, err := tls.LoadX509KeyPair(t.files.CertFile, t.files.KeyFile)
+	if err != nil {
+		return fmt.Errorf("manager TLS certificate: %w", err)
+	}
+	t.cert.Store(&cert)
+	return nil
+}
+
+// ReloadTLS reads the manager's certificate and key again (SIGHUP); on
+// error the previous ones stay.
+func (m *Manager) ReloadTLS() error {
+	if m.tls == nil {
+		return nil
+	}
+	return m.tls.reload()
 }
 
 // LoadCAPool reads a PEM bundle of CA certificates.

@@ -2,6 +2,7 @@ package topology
 
 import (
 	"context"
+	"crypto/tls"
 	"net/http"
 	"path/filepath"
 	"strings"
@@ -85,4 +86,27 @@ func TestManagersOverTLS(t *testing.T) {
 		t.Error("a manager with a certificate from another CA joined")
 	}
 	_ = rogue
+
+	// SIGHUP's reload: new handshakes get the new certificate.
+	served := func() string {
+		conn, err := tls.Dial("tcp", strings.TrimPrefix(u1, "https://"), &tls.Config{RootCAs: hc.Transport.(*http.Transport).TLSClientConfig.RootCAs})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		return conn.ConnectionState().PeerCertificates[0].SerialNumber.String()
+	}
+	before := served()
+	if _, _, err := ca.Server("m1"); err != nil { // same files, new certificate
+		t.Fatal(err)
+	}
+	if err := m1.ReloadTLS(); err != nil {
+		t.Fatal(err)
+	}
+	if after := served(); after == before {
+		t.Errorf("the reloaded certificate is not served (serial %s both times)", after)
+	}
+	if _, err := c.Tree(ctx); err != nil {
+		t.Errorf("the cluster after the reload: %v", err)
+	}
 }

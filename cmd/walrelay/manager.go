@@ -58,6 +58,23 @@ func newManagerCmd() *cobra.Command {
 			fo.Register(m)
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
+			hup := make(chan os.Signal, 1)
+			signal.Notify(hup, syscall.SIGHUP)
+			defer signal.Stop(hup)
+			go func() {
+				for {
+					select {
+					case <-ctx.Done():
+						return
+					case <-hup:
+						if err := m.ReloadTLS(); err != nil {
+							log.Error("reload failed; keeping the current certificate", "err", err)
+						} else {
+							log.Info("reloaded the TLS certificate")
+						}
+					}
+				}
+			}()
 			foCtx, stopFailover := context.WithCancel(ctx)
 			foDone := make(chan struct{})
 			go func() { defer close(foDone); fo.Run(foCtx, 500*time.Millisecond) }()
