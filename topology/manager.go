@@ -44,8 +44,8 @@ type ManagerConfig struct {
 	Metrics *prometheus.Registry
 	// TLS, when set, serves the API over HTTPS and runs Raft over mutual
 	// TLS; Join URLs and the members' addresses are then https.
-	TLS *TLSFiles
-	Logger  *slog.Logger
+	TLS    *TLSFiles
+	Logger *slog.Logger
 }
 
 // Validate checks the configuration.
@@ -76,9 +76,9 @@ type Manager struct {
 	tls   *managerTLS
 	// client talks to other members (forwarding, joining).
 	client *http.Client
-	live  liveness
-	obs   *observer
-	mux   *http.ServeMux
+	live   liveness
+	obs    *observer
+	mux    *http.ServeMux
 	// joined is set once this member has seen itself in the Raft
 	// configuration; only the Run loop touches it.
 	joined bool
