@@ -142,7 +142,11 @@ func openZSegment(f *os.File, segSize uint64) (*zsegment, error) {
 	for i := range z.frames {
 		b := idx[i*zsegIndexLen:]
 		fr := zframe{off: int64(binary.LittleEndian.Uint64(b)), length: binary.LittleEndian.Uint32(b[8:]), crc: binary.LittleEndian.Uint32(b[12:])}
-		if fr.off < int64(zsegHeaderLen+n*zsegIndexLen) || fr.off+int64(fr.length) > st.Size() {
+		// A frame never compresses to much more than its raw size; a bigger
+		// length (or an offset past the end) is a damaged index, not a
+		// reason to allocate gigabytes.
+		if fr.off < int64(zsegHeaderLen+n*zsegIndexLen) || fr.off > st.Size() || fr.length > 2*ZFrameSize ||
+			fr.off+int64(fr.length) > st.Size() {
 			return nil, fmt.Errorf("frame %d lies outside the file", i)
 		}
 		z.frames[i] = fr
