@@ -27,8 +27,19 @@ bench:
 	$(GO) test -run '^$$' -bench . -benchtime 3x -count 1 ./relay/ ./walstream/
 	$(GO) test -run "^$$" -bench . -benchtime 1x -timeout 30m ./e2e/
 
+# Every fuzz target for FUZZTIME each (go test -fuzz takes one target at a
+# time). `make test` runs their seed corpora as ordinary tests.
+FUZZTIME ?= 60s
+FUZZ_TARGETS = relay:FuzzParseCommand relay:FuzzStartupPacket \
+	walstream:FuzzProtocolMessages walstream:FuzzLinkRoundTrip walstream:FuzzParseHistory \
+	walstream:FuzzZSegmentFile walstream:FuzzValidPrefix \
+	topology:FuzzFSMCommands topology:FuzzAPIJSON
 fuzz:
-	$(GO) test -run '^$$' -fuzz FuzzParseCommand -fuzztime 60s ./relay/
+	@set -e; for t in $(FUZZ_TARGETS); do \
+	  pkg=$${t%%:*}; name=$${t#*:}; \
+	  echo "== $$name ($$pkg, $(FUZZTIME))"; \
+	  $(GO) test -run '^$$' -fuzz "^$$name\$$" -fuzztime $(FUZZTIME) ./$$pkg/; \
+	done
 
 demo: build
 	./$(BIN) demo
