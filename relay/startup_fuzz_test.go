@@ -26,7 +26,7 @@ func FuzzStartupPacket(f *testing.F) {
 	}
 	f.Add(startup("user", "postgres", "replication", "true"))
 	f.Add(startup("user", "postgres", "replication", "database"))
-	f.Add([]byte{0, 0, 0, 8, 4, 210, 22, 47})                                     // SSLRequest
+	f.Add([]byte{0, 0, 0, 8, 4, 210, 22, 47})                                  // SSLRequest
 	f.Add(append([]byte{0, 0, 0, 8, 4, 210, 22, 47}, startup("user", "x")...)) // SSL then startup
 	f.Add([]byte{0, 0, 0, 16, 4, 210, 22, 46, 0, 0, 0, 1, 0, 0, 0, 2})         // CancelRequest
 	f.Add([]byte{0xff, 0xff, 0xff, 0xff})
