@@ -74,3 +74,29 @@ func TestConnectDisconnectCyclesLeaveNothing(t *testing.T) {
 		time.Sleep(100 * time.Millisecond)
 	}
 }
+
+// A child far behind the tip is sent no faster than --max-catchup-rate;
+// once within reach of the tip it is no longer limited. The same catch-up
+// without a limit is the yardstick.
+func TestCatchupRateLimit(t *testing.T) {
+	const rateBytes = 4 << 20
+	catchUp := func(limit int64) time.Duration {
+		f := newFixtureWith(t, 3*testSeg, walstream.StoreOptions{TailBytes: 1 << 20}, func(c *Config) {
+			c.MaxCatchupRate = limit
+		})
+		f.appendWAL(t, 10<<20)
+		c := startStream(t, f.connect(t, ""), fmt.Sprintf("START_REPLICATION %s TIMELINE 1", walstream.LSN(3*testSeg)))
+		started := time.Now()
+		c.drain(t, f.end)
+		return time.Since(started)
+	}
+	free := catchUp(0)
+	limited := catchUp(rateBytes)
+	// 10 MB of which about 6 MB is farther than catchupLag from the tip:
+	// 1.5 s at 4 MB/s, less a burst and a batch at either end.
+	ideal := time.Duration(float64((10<<20)-catchupLag) / rateBytes * float64(time.Second))
+	if limited < ideal/2 || limited < 5*free {
+		t.Errorf("catch-up took %s with a limit of 4 MB/s and %s without: the limit does not hold (ideal %s)", limited, free, ideal)
+	}
+	t.Logf("10 MB caught up in %s at 4 MB/s, %s without a limit", limited.Round(time.Millisecond), free.Round(time.Millisecond))
+}

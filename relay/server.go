@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/time/rate"
 
 	"github.com/walrelay/walrelay/walstream"
 )
@@ -83,6 +84,11 @@ type Config struct {
 	// MaxConnectionsPerUser those of one user (0: no bound).
 	MaxConnections        int
 	MaxConnectionsPerUser int
+	// MaxCatchupRate bounds, in bytes per second, what one child far
+	// behind the tip is sent; MaxCatchupRateTotal what all of them are
+	// sent together. 0: no bound. Children at the tip are never limited.
+	MaxCatchupRate      int64
+	MaxCatchupRateTotal int64
 	// StartupTimeout bounds the whole startup (TLS, startup packet,
 	// authentication), as authentication_timeout does. Default 10 s.
 	StartupTimeout time.Duration
@@ -151,6 +157,8 @@ type Server struct {
 	// catchup hands out turns to children far behind the tip (see
 	// session.writeBatch).
 	catchup chan struct{}
+	// catchupTotal bounds all catching-up children together (nil: none).
+	catchupTotal *rate.Limiter
 
 	// stopStreams is closed by Shutdown: streaming sessions finish sending
 	// what is durable and end the stream the way a walsender does.
@@ -171,14 +179,15 @@ func NewServer(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{
-		cfg:         cfg,
-		log:         cfg.Logger,
-		slots:       slots,
-		m:           newServerMetrics(cfg.Registerer),
-		listeners:   make(map[net.Listener]struct{}),
-		sessions:    make(map[*session]struct{}),
-		stopStreams: make(chan struct{}),
-		catchup:     make(chan struct{}, max(1, runtime.GOMAXPROCS(0)/2)),
+		cfg:          cfg,
+		log:          cfg.Logger,
+		slots:        slots,
+		m:            newServerMetrics(cfg.Registerer),
+		listeners:    make(map[net.Listener]struct{}),
+		sessions:     make(map[*session]struct{}),
+		stopStreams:  make(chan struct{}),
+		catchup:      make(chan struct{}, max(1, runtime.GOMAXPROCS(0)/2)),
+		catchupTotal: newByteLimiter(cfg.MaxCatchupRateTotal),
 	}
 	// Backend PIDs name clients' temporary slots (pg_basebackup_<pid>); a
 	// random base keeps them apart across relay restarts.
@@ -402,4 +411,27 @@ func (s *Server) admit(sess *session, user string) error {
 	sess.info.User = user
 	sess.mu.Unlock()
 	return nil
+}
+
+// newByteLimiter allows bytesPerSec with a burst of a quarter second (at
+// least one batch), or nil for no limit.
+func newByteLimiter(bytesPerSec int64) *rate.Limiter {
+	if bytesPerSec <= 0 {
+		return nil
+	}
+	return rate.NewLimiter(rate.Limit(bytesPerSec), int(max(bytesPerSec/4, 1<<20)))
+}
+
+// waitBytes blocks until the limiters allow n more bytes.
+func waitBytes(n int, limiters ...*rate.Limiter) {
+	for _, l := range limiters {
+		if l == nil {
+			continue
+		}
+		for left := n; left > 0; {
+			chunk := min(left, l.Burst())
+			time.Sleep(l.ReserveN(time.Now(), chunk).Delay())
+			left -= chunk
+		}
+	}
 }

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
+	"golang.org/x/time/rate"
 
 	"github.com/walrelay/walrelay/walstream"
 )
@@ -40,6 +41,8 @@ type session struct {
 	log    *slog.Logger
 
 	compress bool // the client asked for a zstd link and was told yes
+	// catchupLimit bounds what this child is sent while far behind.
+	catchupLimit *rate.Limiter
 
 	mu       sync.Mutex
 	info     SessionStatus
@@ -51,13 +54,14 @@ func newSession(srv *Server, conn net.Conn, pid int32) *session {
 	be := pgproto3.NewBackend(conn, conn)
 	be.SetMaxBodyLen(maxMessageLen)
 	return &session{
-		srv:  srv,
-		raw:  conn,
-		conn: conn,
-		be:   be,
-		pid:  pid,
-		log:  srv.log.With("client", conn.RemoteAddr().String(), "pid", pid),
-		info: SessionStatus{PID: pid, Address: conn.RemoteAddr().String(), State: "startup", ConnectedAt: time.Now()},
+		srv:          srv,
+		raw:          conn,
+		conn:         conn,
+		be:           be,
+		pid:          pid,
+		log:          srv.log.With("client", conn.RemoteAddr().String(), "pid", pid),
+		catchupLimit: newByteLimiter(srv.cfg.MaxCatchupRate),
+		info:         SessionStatus{PID: pid, Address: conn.RemoteAddr().String(), State: "startup", ConnectedAt: time.Now()},
 	}
 }
 

@@ -529,6 +529,15 @@ func (s *session) refetchCorrupt(tli walstream.TimeLineID, pos walstream.LSN, bu
 func (s *session) writeBatch(bufs *net.Buffers, catchingUp bool) (int64, error) {
 	var wrote int64
 	if catchingUp {
+		// Rate limits first, so that a limited child never holds a turn
+		// while it waits.
+		if s.catchupLimit != nil || s.srv.catchupTotal != nil {
+			n := 0
+			for _, b := range *bufs {
+				n += len(b)
+			}
+			waitBytes(n, s.catchupLimit, s.srv.catchupTotal)
+		}
 		s.srv.catchup <- struct{}{}
 		s.conn.SetWriteDeadline(time.Now().Add(catchupTurn))
 		n, err := bufs.WriteTo(s.conn)

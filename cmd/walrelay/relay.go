@@ -53,6 +53,8 @@ type relayFlags struct {
 	zone          string
 	configFile    string
 	managerCA     string
+	catchupRate   string
+	catchupTotal  string
 	tlsCert       string
 	tlsKey        string
 	tlsClientCA   string
@@ -65,12 +67,13 @@ type relayFlags struct {
 // relaySettings are the flags that need parsing or loading, checked once
 // (also by `walrelay config check`).
 type relaySettings struct {
-	retain relay.RetentionPolicy
-	tail   uint64
-	creds  *relay.Credentials
-	rules  relay.Rules
-	tls    *relay.TLSReloader
-	level  slog.Level
+	catchupRate, catchupTotal uint64
+	retain                    relay.RetentionPolicy
+	tail                      uint64
+	creds                     *relay.Credentials
+	rules                     relay.Rules
+	tls                       *relay.TLSReloader
+	level                     slog.Level
 }
 
 func (f *relayFlags) settings() (relaySettings, error) {
@@ -87,6 +90,12 @@ func (f *relayFlags) settings() (relaySettings, error) {
 	}
 	if st.tail, err = relay.ParseSize(f.memoryTail); err != nil {
 		return st, fmt.Errorf("memory-tail: %w", err)
+	}
+	if st.catchupRate, err = relay.ParseSize(f.catchupRate); err != nil {
+		return st, fmt.Errorf("max-catchup-rate: %w", err)
+	}
+	if st.catchupTotal, err = relay.ParseSize(f.catchupTotal); err != nil {
+		return st, fmt.Errorf("max-catchup-rate-total: %w", err)
 	}
 	if f.storeCompress != "zstd" && f.storeCompress != "off" {
 		return st, fmt.Errorf("store-compression %q: want zstd or off", f.storeCompress)
@@ -174,6 +183,8 @@ through a physical replication slot walrelay_<node-id>, stores it durably in
 	fl.StringVar(&f.tlsClientCA, "tls-client-ca", "", "PEM CA bundle client certificates must chain to (enables the cert method)")
 	fl.StringVar(&f.accessRules, "access-rules", "", "file of pg_hba-like rules: TYPE USERS ADDRESS METHOD (host|hostssl|hostnossl, trust|scram-sha-256|cert|reject); reloaded on SIGHUP")
 	fl.IntVar(&f.maxConns, "max-connections", 500, "most client connections")
+	fl.StringVar(&f.catchupRate, "max-catchup-rate", "0", "bytes per second sent to one child far behind the tip, e.g. 50MB (0: no limit); children at the tip are never limited")
+	fl.StringVar(&f.catchupTotal, "max-catchup-rate-total", "0", "bytes per second sent to all children far behind the tip together (0: no limit)")
 	fl.IntVar(&f.maxConnsUser, "max-connections-per-user", 0, "most client connections of one user (0: no bound)")
 	fl.DurationVar(&f.startupTime, "startup-timeout", 10*time.Second, "close connections that have not finished TLS, startup and authentication within this")
 	fl.StringVar(&f.nodeID, "node-id", "", "name of this relay (slot walrelay_<node-id> on the parent, application_name)")
@@ -327,6 +338,8 @@ func newRelayNode(f relayFlags, log *slog.Logger) (_ *relayNode, err error) {
 		TLS:                   st.tls,
 		MaxConnections:        f.maxConns,
 		MaxConnectionsPerUser: f.maxConnsUser,
+		MaxCatchupRate:        int64(st.catchupRate),
+		MaxCatchupRateTotal:   int64(st.catchupTotal),
 		StartupTimeout:        f.startupTime,
 		SlotDir:               filepath.Join(f.dataDir, "slots"),
 		SenderTimeout:         f.senderTimeout,
