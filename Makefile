@@ -3,7 +3,7 @@ BIN := bin/walrelay
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: build test unit e2e bench fuzz demo vet clean
+.PHONY: build test unit e2e bench fuzz soak demo vet clean
 
 build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/walrelay
@@ -34,6 +34,12 @@ FUZZ_TARGETS = relay:FuzzParseCommand relay:FuzzStartupPacket \
 	walstream:FuzzProtocolMessages walstream:FuzzLinkRoundTrip walstream:FuzzParseHistory \
 	walstream:FuzzZSegmentFile walstream:FuzzValidPrefix \
 	topology:FuzzFSMCommands topology:FuzzAPIJSON
+# A managed tree under steady load with relay restarts and a switchover;
+# prints lag percentiles and fails on any divergence.
+DURATION ?= 20m
+soak:
+	WALRELAY_SOAK=$(DURATION) WALRELAY_REQUIRE_PG=1 $(GO) test -count=1 -v -run '^TestSoak$$' -timeout 3h ./e2e/
+
 fuzz:
 	@set -e; for t in $(FUZZ_TARGETS); do \
 	  pkg=$${t%%:*}; name=$${t#*:}; \
