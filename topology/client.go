@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"time"
 )
 
@@ -15,6 +16,11 @@ import (
 type Client struct {
 	URLs []string
 	HTTP *http.Client // nil: a client with a 40 s timeout
+
+	// preferred is the index of the URL that answered last: it is tried
+	// first, so a member that hangs (a partition, a stalled host) costs
+	// one slow attempt, not one per request.
+	preferred atomic.Int32
 }
 
 // ErrUnreachable means no manager answered.
@@ -35,19 +41,31 @@ func (c *Client) do(ctx context.Context, method, path string, body, out any) err
 		payload, _ = json.Marshal(body)
 	}
 	var errs []string
-	for _, base := range c.URLs {
-		req, err := http.NewRequestWithContext(ctx, method, strings.TrimRight(base, "/")+path, bytes.NewReader(payload))
+	first := int(c.preferred.Load())
+	for i := range c.URLs {
+		idx := (first + i) % len(c.URLs)
+		base := c.URLs[idx]
+		// Each member gets its share of what is left of the deadline, so
+		// one that hangs cannot use it all up.
+		actx, cancel := ctx, context.CancelFunc(func() {})
+		if d, ok := ctx.Deadline(); ok {
+			actx, cancel = context.WithTimeout(ctx, time.Until(d)/time.Duration(len(c.URLs)-i))
+		}
+		req, err := http.NewRequestWithContext(actx, method, strings.TrimRight(base, "/")+path, bytes.NewReader(payload))
 		if err != nil {
+			cancel()
 			return err
 		}
 		req.Header.Set("Content-Type", "application/json")
 		resp, err := c.http().Do(req)
 		if err != nil {
+			cancel()
 			errs = append(errs, err.Error())
 			continue
 		}
 		var cr CommandResponse
 		func() {
+			defer cancel()
 			defer resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
 				err = json.NewDecoder(resp.Body).Decode(out)
@@ -57,9 +75,11 @@ func (c *Client) do(ctx context.Context, method, path string, body, out any) err
 			err = fmt.Errorf("%s: %s %s", base, resp.Status, cr.Error)
 		}()
 		if err == nil {
+			c.preferred.Store(int32(idx))
 			return nil
 		}
 		if resp.StatusCode >= 400 && resp.StatusCode < 500 {
+			c.preferred.Store(int32(idx))
 			return err
 		}
 		errs = append(errs, err.Error())
@@ -101,7 +121,9 @@ func preferLeader[T any](ctx context.Context, c *Client, path string, hasLeader 
 // Watch waits for an epoch above epoch (or the server's timeout).
 func (c *Client) Watch(ctx context.Context, epoch uint64) (*TreeResponse, error) {
 	var tr TreeResponse
-	return &tr, c.do(ctx, http.MethodGet, fmt.Sprintf("/v1/watch?epoch=%d", epoch), nil, &tr)
+	// The server answers within 10 s even when nothing changes, well
+	// inside each member's share of a caller's deadline.
+	return &tr, c.do(ctx, http.MethodGet, fmt.Sprintf("/v1/watch?epoch=%d&timeout=10s", epoch), nil, &tr)
 }
 
 // Apply commits a command through the leader and returns the new epoch.
