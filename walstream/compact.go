@@ -20,14 +20,26 @@ func (s *Store) RunCompactor(ctx context.Context, interval time.Duration) error 
 	}
 	t := time.NewTicker(interval)
 	defer t.Stop()
+	full := false
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-t.C:
 		}
-		if _, err := s.CompactOnce(); err != nil {
+		_, err := s.CompactOnce()
+		switch {
+		case err != nil && IsNoSpace(err):
+			// Once per episode, not every interval: the upstream client
+			// already reports the full disk.
+			if !full {
+				s.log.Warn("compressing segments: out of space; retrying until space is freed", "err", err)
+			}
+			full = true
+		case err != nil:
 			s.log.Error("compressing segments", "err", err)
+		default:
+			full = false
 		}
 	}
 }

@@ -4,4 +4,4 @@ package walstream
 
 import "os"
 
-func preallocate(*os.File, int64) {}
+func preallocate(*os.File, int64) error { return nil }

@@ -2,9 +2,11 @@ package walstream
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"syscall"
 
 	"github.com/walrelay/walrelay/internal/fsutil"
 )
@@ -59,7 +61,7 @@ func (s *Store) SwitchTimeline(tli TimeLineID, switchPoint LSN) error {
 	}
 	if w := s.writer; w != nil {
 		if err := w.f.Sync(); err != nil {
-			return fmt.Errorf("sync segment %s: %w", w.path, err)
+			return &SyncError{fmt.Errorf("sync segment %s: %w", w.path, err)}
 		}
 		w.durable.Store(w.size)
 		s.writer = nil
@@ -94,6 +96,13 @@ func (s *Store) Write(tli TimeLineID, lsn LSN, data []byte) error {
 	}
 	segSize := s.meta.SegmentSize
 	for len(data) > 0 {
+		if w := s.writer; w != nil && uint64(w.size) == segSize {
+			// A full segment whose completion failed (a full disk can
+			// refuse the rename): finish it before starting the next.
+			if err := s.finishSegment(w); err != nil {
+				return err
+			}
+		}
 		if s.writer == nil {
 			if err := s.newSegment(tli, lsn.SegmentNo(segSize)); err != nil {
 				return err
@@ -114,18 +123,42 @@ func (s *Store) Write(tli TimeLineID, lsn LSN, data []byte) error {
 		seg.size = int64(off + n)
 		data, lsn = data[n:], lsn+LSN(n)
 		if uint64(seg.size) == segSize {
-			if err := seg.f.Sync(); err != nil {
-				return fmt.Errorf("sync segment %s: %w", seg.path, err)
-			}
-			s.mu.Lock()
-			err := s.completeSegment(seg)
-			s.mu.Unlock()
-			if err != nil {
+			if err := s.finishSegment(seg); err != nil {
 				return err
 			}
 		}
 	}
 	return nil
+}
+
+// finishSegment makes a full segment durable and gives it its final name.
+func (s *Store) finishSegment(seg *segment) error {
+	if err := seg.f.Sync(); err != nil {
+		return &SyncError{fmt.Errorf("sync segment %s: %w", seg.path, err)}
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.completeSegment(seg)
+}
+
+// SyncError is a failed fsync of WAL. After one the kernel may already have
+// dropped the dirty pages, so what is on disk is unknown until the store is
+// opened again and recovered; retrying the fsync could report success for
+// lost data (PostgreSQL PANICs for the same reason). It is never retried.
+type SyncError struct{ err error }
+
+func (e *SyncError) Error() string { return e.err.Error() }
+func (e *SyncError) Unwrap() error { return e.err }
+
+// IsNoSpace reports whether err is the store running out of disk space (or
+// quota) before anything was published: nothing is lost and writing can
+// resume once space returns.
+func IsNoSpace(err error) bool {
+	var se *SyncError
+	if errors.As(err, &se) {
+		return false
+	}
+	return errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT)
 }
 
 // verifyHeld checks bytes an upstream sent again against the store's copy.
@@ -149,7 +182,7 @@ func (s *Store) verifyHeld(tli TimeLineID, lsn LSN, data []byte) error {
 func (s *Store) Sync() (LSN, error) {
 	if seg := s.writer; seg != nil && seg.durable.Load() != seg.size {
 		if err := seg.f.Sync(); err != nil {
-			return LSN(s.durable.Load()), fmt.Errorf("sync segment %s: %w", seg.path, err)
+			return LSN(s.durable.Load()), &SyncError{fmt.Errorf("sync segment %s: %w", seg.path, err)}
 		}
 		seg.durable.Store(seg.size)
 	}
@@ -173,7 +206,11 @@ func (s *Store) newSegment(tli TimeLineID, no uint64) error {
 	if err != nil {
 		return fmt.Errorf("create segment %s: %w", name, err)
 	}
-	preallocate(f, int64(s.meta.SegmentSize))
+	if err := preallocate(f, int64(s.meta.SegmentSize)); err != nil {
+		f.Close()
+		os.Remove(path)
+		return fmt.Errorf("create segment %s: %w", name, err)
+	}
 	if err := fsutil.SyncDir(s.walDir()); err != nil {
 		f.Close()
 		return fmt.Errorf("sync %s: %w", s.walDir(), err)
@@ -200,10 +237,10 @@ func (s *Store) completeSegment(seg *segment) error {
 	if err := os.Rename(seg.path, final); err != nil {
 		return fmt.Errorf("rename %s: %w", seg.path, err)
 	}
+	seg.path = final // a retry after a failed directory sync renames in place
 	if err := fsutil.SyncDir(s.walDir()); err != nil {
 		return fmt.Errorf("sync %s: %w", s.walDir(), err)
 	}
-	seg.path = final
 	seg.complete = true
 	seg.durable.Store(seg.size)
 	if s.writer == seg {

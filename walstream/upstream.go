@@ -87,6 +87,9 @@ const (
 	UpstreamBackoff    UpstreamState = "backoff"
 	UpstreamRefused    UpstreamState = "refused" // identity mismatch: will not stream
 	UpstreamStopped    UpstreamState = "stopped"
+	// UpstreamDiskFull: the store ran out of space; retrying until it has
+	// room again.
+	UpstreamDiskFull UpstreamState = "disk-full"
 )
 
 // UpstreamStatus is a snapshot of the client for status pages.
@@ -213,6 +216,9 @@ func (u *Upstream) setState(st UpstreamState, err error) {
 		u.status.LastError = err.Error()
 	}
 	u.m.connected.Set(boolFloat(st == UpstreamStreaming))
+	if st != UpstreamConnecting {
+		u.m.diskFull.Set(boolFloat(st == UpstreamDiskFull))
+	}
 }
 
 // Run connects, streams and reconnects with backoff until ctx is cancelled.
@@ -257,7 +263,7 @@ func (u *Upstream) Run(ctx context.Context) error {
 			continue
 		}
 		var storeErr *storeError
-		if errors.As(err, &storeErr) {
+		if errors.As(err, &storeErr) && !IsNoSpace(err) {
 			u.setState(UpstreamStopped, err)
 			return err
 		}
@@ -265,6 +271,15 @@ func (u *Upstream) Run(ctx context.Context) error {
 		var mismatch *IdentityMismatchError
 		var tlErr *TimelineError
 		switch {
+		case storeErr != nil:
+			// Nothing unsynced was published or acknowledged, so the parent
+			// still holds everything past the store's durable end (in the
+			// slot): stop taking WAL, keep serving what is stored, and retry
+			// until space returns.
+			state = UpstreamDiskFull
+			_, durable := u.store.DurableEnd()
+			log.Error("WAL store is out of space: not receiving or acknowledging WAL until space is freed",
+				"dir", u.store.walDir(), "durable_lsn", durable, "err", err, "retry_in", backoff)
 		case errors.Is(err, errTimelineEnded):
 			log.Info("upstream ended its timeline; reconnecting to follow the switch")
 			wait = 0
@@ -660,6 +675,7 @@ type upstreamMetrics struct {
 	receivedWire prometheus.Counter
 	reconnects   prometheus.Counter
 	connected    prometheus.Gauge
+	diskFull     prometheus.Gauge
 	fsync        prometheus.Histogram
 }
 
@@ -677,13 +693,16 @@ func newUpstreamMetrics(reg prometheus.Registerer) *upstreamMetrics {
 		connected: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "walrelay_upstream_streaming", Help: "1 while streaming from the parent.",
 		}),
+		diskFull: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "walrelay_store_disk_full", Help: "1 while the WAL store is out of space and the relay has stopped receiving WAL.",
+		}),
 		fsync: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name: "walrelay_store_fsync_seconds", Help: "Time to make a received batch durable.",
 			Buckets: prometheus.ExponentialBuckets(0.0001, 2, 16),
 		}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.received, m.receivedWire, m.reconnects, m.connected, m.fsync)
+		reg.MustRegister(m.received, m.receivedWire, m.reconnects, m.connected, m.diskFull, m.fsync)
 	}
 	return m
 }

@@ -10,12 +10,19 @@ import (
 // WriteFileAtomic replaces path with b so that after a crash the file holds
 // either the old or the new content: write a temp file, fsync, rename, fsync
 // the directory.
-func WriteFileAtomic(path string, b []byte) error {
+func WriteFileAtomic(path string, b []byte) (err error) {
 	tmp := path + ".tmp"
 	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
 	if err != nil {
 		return err
 	}
+	defer func() {
+		// A half-written temp file on a full disk would hold on to the very
+		// space the next attempt needs.
+		if err != nil {
+			os.Remove(tmp)
+		}
+	}()
 	if _, err := f.Write(b); err != nil {
 		f.Close()
 		return err

@@ -1,0 +1,153 @@
+package e2e
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/walrelay/walrelay/internal/pgcluster"
+)
+
+// The relay's data directory is a small tmpfs that fills up under pgbench
+// and bulk writes. The relay stops receiving and acknowledging WAL (the
+// primary's slot stays at the relay's durable end), says why in its status,
+// log and metrics, keeps its standby connected without ever sending it WAL
+// past that end, and resumes by itself once space is freed. The standby
+// then converges with equal tables and the WAL received through the relay
+// is byte-identical to the primary's.
+func TestRelayDiskFull(t *testing.T) {
+	bin := requirePG(t)
+	mnt := filepath.Join(testDir(t), "relayfs")
+	if err := os.MkdirAll(mnt, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=160m", "tmpfs", mnt).CombinedOutput(); err != nil {
+		t.Skipf("cannot mount a tmpfs to fill (needs root): %v: %s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("umount", "-l", mnt).Run() })
+
+	ctx := context.Background()
+	primary := newPgbenchPrimary(t, 1)
+	// Raw segments, so that the space the relay needs per segment is known
+	// (compressed ones would free space as they go and only delay the fill).
+	relay := startRelay(t, "r1", primary.ReplicationConnString(), "--data-dir", filepath.Join(mnt, "relay"), "--store-compression", "off")
+	s := newStandby(t, primary, "s", relay.Conninfo())
+	waitStreaming(t, relay, 1, 30*time.Second)
+	direct := receiveWAL(t, bin, "direct", "127.0.0.1", primary.Port)
+	via := receiveWAL(t, bin, "via", "127.0.0.1", relay.Port())
+
+	// Leave room for about two more segments.
+	var fs syscall.Statfs_t
+	if err := syscall.Statfs(mnt, &fs); err != nil {
+		t.Fatal(err)
+	}
+	free := int64(fs.Bavail) * fs.Bsize
+	filler := filepath.Join(mnt, "filler")
+	if err := os.WriteFile(filler, make([]byte, free-40<<20), 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	loadCtx, stopLoad := context.WithCancel(ctx)
+	defer stopLoad()
+	load := make(chan error, 1)
+	go func() { load <- primary.Pgbench(loadCtx, 2, 90*time.Second) }()
+	if err := primary.Exec(ctx, "CREATE TABLE bulk(id int, pad text)"); err != nil {
+		t.Fatal(err)
+	}
+	state := func() (string, string) {
+		ups, _ := relay.Status(t)["upstream"].(map[string]any)
+		st, _ := ups["state"].(string)
+		le, _ := ups["last_error"].(string)
+		return st, le
+	}
+	waitFor(t, 60*time.Second, "relay reporting a full disk", func() (bool, error) {
+		if st, _ := state(); st == "disk-full" {
+			return true, nil
+		}
+		return false, primary.Exec(ctx, "INSERT INTO bulk SELECT g, repeat('x', 300) FROM generate_series(1, 20000) g")
+	})
+	full := relayDurable(t, relay)
+	_, lastErr := state()
+	t.Logf("relay stopped at %s: %s", pgcluster.FormatLSN(full), lastErr)
+	if !strings.Contains(lastErr, "no space left on device") {
+		t.Errorf("status does not say why: %q", lastErr)
+	}
+	if !relayLogContains(t, relay, "out of space") {
+		t.Error("the relay's log does not say it is out of space")
+	}
+	if m := scrape(t, "http://"+relay.HTTP+"/metrics"); !strings.Contains(m, "walrelay_store_disk_full 1") {
+		t.Error("walrelay_store_disk_full is not 1 while the disk is full")
+	}
+
+	// While full: the primary keeps committing, the relay neither stores
+	// nor acknowledges more, and its standby never gets past the relay's
+	// durable end, yet stays connected.
+	for i := 0; i < 3; i++ {
+		if err := primary.Exec(ctx, "INSERT INTO bulk SELECT g, repeat('y', 300) FROM generate_series(1, 20000) g"); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(time.Second)
+	}
+	ahead, _ := primary.CurrentLSN(ctx)
+	if ahead <= full {
+		t.Fatalf("primary at %s is not ahead of the relay's %s", pgcluster.FormatLSN(ahead), pgcluster.FormatLSN(full))
+	}
+	if st, _ := state(); st != "disk-full" {
+		t.Fatalf("relay left the disk-full state by itself: %s", st)
+	}
+	if d := relayDurable(t, relay); d != full {
+		t.Fatalf("relay's durable end moved from %s to %s with the disk full", pgcluster.FormatLSN(full), pgcluster.FormatLSN(d))
+	}
+	slot, err := primary.QueryLSN(ctx, "SELECT restart_lsn FROM pg_replication_slots WHERE slot_name = 'walrelay_r1'")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if slot > full {
+		t.Fatalf("the primary's slot for the relay is at %s, past the relay's durable %s: it acknowledged WAL it does not hold", pgcluster.FormatLSN(slot), pgcluster.FormatLSN(full))
+	}
+	recv, err := s.QueryLSN(ctx, "SELECT pg_last_wal_receive_lsn()")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if recv > full {
+		t.Fatalf("standby received up to %s, past the relay's durable end %s", pgcluster.FormatLSN(recv), pgcluster.FormatLSN(full))
+	}
+	waitStreaming(t, relay, 2, 10*time.Second) // the standby and pg_receivewal stay connected
+
+	// Space returns: the relay resumes and catches up with no help.
+	freed := time.Now()
+	if err := os.Remove(filler); err != nil {
+		t.Fatal(err)
+	}
+	waitRelayDurable(t, relay, ahead, 60*time.Second)
+	t.Logf("relay caught up to %s %.1f s after space returned", pgcluster.FormatLSN(ahead), time.Since(freed).Seconds())
+	if m := scrape(t, "http://"+relay.HTTP+"/metrics"); !strings.Contains(m, "walrelay_store_disk_full 0") {
+		t.Error("walrelay_store_disk_full did not return to 0")
+	}
+	stopLoad()
+	<-load
+	assertConverged(t, primary, s)
+	for i := 0; i < 2; i++ {
+		if err := primary.Exec(ctx, "INSERT INTO bulk VALUES (0, 'switch'); SELECT pg_switch_wal()"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	end, _ := primary.CurrentLSN(ctx)
+	waitRelayDurable(t, relay, end, 30*time.Second)
+	time.Sleep(2 * time.Second)
+	direct.Stop()
+	via.Stop()
+	n, err := pgcluster.CompareSegments(direct.Dir, via.Dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n < 3 {
+		t.Fatalf("only %d completed segments to compare", n)
+	}
+	t.Logf("%d completed segments through the relay, across the full disk, equal the primary's", n)
+}
