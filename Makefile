@@ -25,7 +25,7 @@ vet:
 # Benchmarks print figures; nothing passes or fails on speed.
 bench:
 	$(GO) test -run '^$$' -bench . -benchtime 3x -count 1 ./relay/ ./walstream/
-	$(GO) test -run "^$$" -bench . -benchtime 1x -timeout 30m ./e2e/
+	$(GO) test -run "^$$" -bench . -benchtime 1x -timeout 60m ./e2e/
 
 # Every fuzz target for FUZZTIME each (go test -fuzz takes one target at a
 # time). `make test` runs their seed corpora as ordinary tests.
@@ -33,7 +33,7 @@ FUZZTIME ?= 60s
 FUZZ_TARGETS = relay:FuzzParseCommand relay:FuzzStartupPacket \
 	walstream:FuzzProtocolMessages walstream:FuzzLinkRoundTrip walstream:FuzzParseHistory \
 	walstream:FuzzZSegmentFile walstream:FuzzValidPrefix \
-	topology:FuzzFSMCommands topology:FuzzAPIJSON
+	topology:FuzzFSMCommands topology:FuzzAPIJSON internal/feed:FuzzParseQuery
 # A managed tree under steady load with relay restarts and a switchover;
 # prints lag percentiles and fails on any divergence.
 DURATION ?= 20m

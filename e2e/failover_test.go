@@ -35,6 +35,7 @@ type standbySpec struct {
 	name       string
 	promotable bool
 	parent     string // pin under this relay ("" lets placement decide)
+	zone, tier string
 }
 
 func newManagedTree(t testing.TB, primaryConf map[string]string, mgrArgs []string, relayIDs []string, specs []standbySpec) *managedTree {
@@ -88,6 +89,12 @@ func newManagedTree(t testing.TB, primaryConf map[string]string, mgrArgs []strin
 		args := []string{"standby", "add", sp.name, "--conninfo", sb.ConnString(), "--manager", mt.mgr.url}
 		if sp.promotable {
 			args = append(args, "--promotable")
+		}
+		if sp.zone != "" {
+			args = append(args, "--zone", sp.zone)
+		}
+		if sp.tier != "" {
+			args = append(args, "--tier", sp.tier)
 		}
 		cliT(t, args...)
 		if sp.parent != "" {

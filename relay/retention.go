@@ -2,10 +2,10 @@ package relay
 
 import (
 	"context"
-	"fmt"
 	"strings"
 	"time"
 
+	"github.com/walrelay/walrelay/internal/units"
 	"github.com/walrelay/walrelay/walstream"
 )
 
@@ -31,24 +31,7 @@ func ParseRetain(s string) (size uint64, age time.Duration, err error) {
 }
 
 // ParseSize parses sizes like 512MB, 1GB, 1048576.
-func ParseSize(s string) (uint64, error) {
-	u := strings.TrimSpace(strings.ToUpper(s))
-	mult := uint64(1)
-	for _, unit := range []struct {
-		suffix string
-		mult   uint64
-	}{{"TB", 1 << 40}, {"GB", 1 << 30}, {"MB", 1 << 20}, {"KB", 1 << 10}, {"B", 1}} {
-		if strings.HasSuffix(u, unit.suffix) {
-			u, mult = strings.TrimSpace(strings.TrimSuffix(u, unit.suffix)), unit.mult
-			break
-		}
-	}
-	var n uint64
-	if _, err := fmt.Sscanf(u, "%d", &n); err != nil || fmt.Sprint(n) != u {
-		return 0, fmt.Errorf("invalid size %q: want a number with an optional unit (512MB, 2GB)", s)
-	}
-	return n * mult, nil
-}
+func ParseSize(s string) (uint64, error) { return units.ParseSize(s) }
 
 // retentionPlan is what one retention pass decides.
 type retentionPlan struct {

@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/time/rate"
 
+	"github.com/walrelay/walrelay/internal/feed"
 	"github.com/walrelay/walrelay/walstream"
 )
 
@@ -100,6 +101,12 @@ type Config struct {
 	// SenderTimeout is wal_sender_timeout: a client silent this long is
 	// disconnected, and asked for a reply at half of it. Default 60 s.
 	SenderTimeout time.Duration
+	// ReplyInterval asks a streaming child for a status reply when it has
+	// sent none for this long, so that its replay position (the replica
+	// feed) stays fresh on an idle link; a standby otherwise reports every
+	// wal_receiver_status_interval (10 s). Default 1 s; negative: never
+	// (only at half of SenderTimeout, as a walsender does).
+	ReplyInterval time.Duration
 	// ShutdownGrace bounds how long Shutdown waits for children to confirm
 	// the last WAL sent. Default 5 s.
 	ShutdownGrace time.Duration
@@ -123,6 +130,9 @@ func (c *Config) Validate() error {
 	}
 	if c.ShutdownGrace <= 0 {
 		c.ShutdownGrace = 5 * time.Second
+	}
+	if c.ReplyInterval == 0 {
+		c.ReplyInterval = time.Second
 	}
 	if c.MaxConnections <= 0 {
 		c.MaxConnections = 500
@@ -164,6 +174,8 @@ type Server struct {
 	// what is durable and end the stream the way a walsender does.
 	stopStreams chan struct{}
 	stopOnce    sync.Once
+
+	feed feedState
 }
 
 // ErrServerClosed is returned by Serve after Shutdown.
@@ -188,6 +200,7 @@ func NewServer(cfg Config) (*Server, error) {
 		stopStreams:  make(chan struct{}),
 		catchup:      make(chan struct{}, max(1, runtime.GOMAXPROCS(0)/2)),
 		catchupTotal: newByteLimiter(cfg.MaxCatchupRateTotal),
+		feed:         feedState{hist: feed.NewHistory(6000)},
 	}
 	// Backend PIDs name clients' temporary slots (pg_basebackup_<pid>); a
 	// random base keeps them apart across relay restarts.

@@ -161,6 +161,7 @@ func (s *session) startup() error {
 		s.info.Compression = walstream.CompressionZstd
 	}
 	s.info.User, s.info.ApplicationName, s.info.State = user, app, "idle"
+	s.info.Relay = sm.Parameters[walstream.NodeParam] != ""
 	s.started = true
 	s.mu.Unlock()
 	s.log = s.log.With("application_name", app, "user", user)

@@ -19,18 +19,20 @@ import (
 
 // SessionStatus describes one downstream client, for /status.
 type SessionStatus struct {
-	PID             int32                `json:"pid"`
-	ApplicationName string               `json:"application_name"`
-	User            string               `json:"user"`
-	Address         string               `json:"address"`
-	SSL             bool                 `json:"ssl"`
-	State           string               `json:"state"` // startup, idle, streaming
-	Slot            string               `json:"slot,omitempty"`
-	Timeline        walstream.TimeLineID `json:"timeline,omitempty"`
-	SentLSN         walstream.LSN        `json:"sent_lsn"`
-	WriteLSN        walstream.LSN        `json:"write_lsn"`
-	FlushLSN        walstream.LSN        `json:"flush_lsn"`
-	ReplayLSN       walstream.LSN        `json:"replay_lsn"`
+	PID             int32  `json:"pid"`
+	ApplicationName string `json:"application_name"`
+	User            string `json:"user"`
+	Address         string `json:"address"`
+	SSL             bool   `json:"ssl"`
+	State           string `json:"state"` // startup, idle, streaming
+	// Relay is true for a child that is another walrelay relay.
+	Relay     bool                 `json:"relay,omitempty"`
+	Slot      string               `json:"slot,omitempty"`
+	Timeline  walstream.TimeLineID `json:"timeline,omitempty"`
+	SentLSN   walstream.LSN        `json:"sent_lsn"`
+	WriteLSN  walstream.LSN        `json:"write_lsn"`
+	FlushLSN  walstream.LSN        `json:"flush_lsn"`
+	ReplayLSN walstream.LSN        `json:"replay_lsn"`
 	// LagBytes is how far the client's flush (or write, for clients that
 	// report no flush) is behind the relay's durable end.
 	LagBytes         uint64    `json:"lag_bytes"`
@@ -309,7 +311,12 @@ func (s *session) stream(tli walstream.TimeLineID, start walstream.LSN, slot str
 		<-recvExited
 	}()
 
-	tick := time.NewTicker(min(time.Second, timeout/4))
+	every := s.srv.cfg.ReplyInterval
+	period := min(time.Second, timeout/4)
+	if every > 0 {
+		period = min(period, max(every/2, 10*time.Millisecond))
+	}
+	tick := time.NewTicker(period)
 	defer tick.Stop()
 	// Messages sent through be (keepalives) are flushed at once, so these
 	// direct writes never overtake buffered ones.
@@ -378,6 +385,11 @@ func (s *session) stream(tli walstream.TimeLineID, start walstream.LSN, slot str
 				}
 			} else if silent < timeout/2 {
 				pinged = false
+			}
+			if every > 0 && silent >= every && !pinged {
+				if err := s.sendKeepalive(durable, true); err != nil {
+					return err
+				}
 			}
 		case <-stopping:
 			stopping = nil // handled once: finish below

@@ -28,7 +28,10 @@ type Agent struct {
 	// EnsureSlot, when set, creates or advances a slot the managers want
 	// held for a standby that may be moved to this relay.
 	EnsureSlot func(name string, restart walstream.LSN) (created bool, err error)
-	Logger     *slog.Logger
+	// OnEndpoints, when set, gets the registered endpoints of the managed
+	// standbys among the relay's children (for its own replica feed).
+	OnEndpoints func(map[string]ChildEndpoint)
+	Logger      *slog.Logger
 	// Heartbeat is the interval between heartbeats. Default 1 s.
 	Heartbeat time.Duration
 }
@@ -110,6 +113,9 @@ func (a *Agent) heartbeat(ctx context.Context) {
 		hctx, cancel := context.WithTimeout(ctx, a.Heartbeat*3)
 		resp, err := a.Client.Heartbeat(hctx, a.Name, rep)
 		cancel()
+		if err == nil && a.OnEndpoints != nil {
+			a.OnEndpoints(resp.Endpoints)
+		}
 		if err == nil && a.EnsureSlot != nil {
 			for _, w := range resp.Slots {
 				if _, err := a.EnsureSlot(w.Name, w.RestartLSN); err != nil {

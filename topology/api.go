@@ -52,6 +52,8 @@ func (m *Manager) api() http.Handler {
 	mux.HandleFunc("POST /v1/heartbeat", m.handleHeartbeat)
 	mux.HandleFunc("GET /v1/status", m.handleStatus)
 	mux.HandleFunc("GET /v1/members", m.handleMembers)
+	mux.HandleFunc("GET /v1/replicas", m.handleReplicas)
+	mux.HandleFunc("GET /v1/replicas/{name}/health", m.handleReplicaHealth)
 	mux.HandleFunc("POST /v1/members/remove", m.handleRemoveMember)
 	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, _ *http.Request) {
 		// The read-only tree page: one file, no external assets.
@@ -165,7 +167,7 @@ func (m *Manager) forward(w http.ResponseWriter, r *http.Request, body []byte) b
 		}
 		return false
 	}
-	req, err := http.NewRequestWithContext(r.Context(), http.MethodPost, url+r.URL.Path, bytes.NewReader(body))
+	req, err := http.NewRequestWithContext(r.Context(), r.Method, url+r.URL.RequestURI(), bytes.NewReader(body))
 	if err != nil {
 		writeJSON(w, http.StatusInternalServerError, CommandResponse{Error: err.Error()})
 		return true

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"sync/atomic"
 	"time"
+
+	"github.com/walrelay/walrelay/internal/feed"
 )
 
 // Client talks to the manager cluster, trying each URL in turn.
@@ -168,4 +170,16 @@ func (c *Client) RemoveMember(ctx context.Context, id string) error {
 // forwarded to the leader) and decodes the answer into out.
 func (c *Client) Post(ctx context.Context, path string, body, out any) error {
 	return c.do(ctx, http.MethodPost, path, body, out)
+}
+
+// Replicas asks the replica feed (GET /v1/replicas) of the first member
+// that answers; a follower forwards to the leader. The same call works
+// against a relay's HTTP address for its own children.
+func (c *Client) Replicas(ctx context.Context, q feed.Query) (*feed.Response, error) {
+	var resp feed.Response
+	path := "/v1/replicas"
+	if v := q.Values().Encode(); v != "" {
+		path += "?" + v
+	}
+	return &resp, c.do(ctx, http.MethodGet, path, nil, &resp)
 }

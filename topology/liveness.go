@@ -21,7 +21,7 @@ type liveness struct {
 }
 
 func (m *Manager) handleHeartbeat(w http.ResponseWriter, r *http.Request) {
-	body, _ := io.ReadAll(io.LimitReader(r.Body, 1<<16))
+	body, _ := io.ReadAll(io.LimitReader(r.Body, 1<<20))
 	var hb HeartbeatRequest
 	if err := json.Unmarshal(body, &hb); err != nil || hb.Name == "" {
 		writeJSON(w, http.StatusBadRequest, CommandResponse{Error: "heartbeat needs a name"})
@@ -36,6 +36,7 @@ func (m *Manager) handleHeartbeat(w http.ResponseWriter, r *http.Request) {
 	resp := HeartbeatResponse{Epoch: m.fsm.Tree().Epoch}
 	if hb.Report != nil {
 		resp.Slots = m.obs.noteRelay(hb.Name, *hb.Report)
+		resp.Endpoints = m.childEndpoints(hb.Report)
 	}
 	writeJSON(w, http.StatusOK, resp)
 }

@@ -37,6 +37,9 @@ type ManagerConfig struct {
 	// FailureTimeout marks a relay failed after this long without a
 	// heartbeat. Default 5 s.
 	FailureTimeout time.Duration
+	// PositionInterval is how often the leader reads standbys' replay
+	// positions for the replica feed. Default 100 ms.
+	PositionInterval time.Duration
 	// Policy is what placement keeps the tree to.
 	Policy Policy
 	// Metrics, when set, gets the manager's collectors and is served at
@@ -59,6 +62,9 @@ func (c *ManagerConfig) Validate() error {
 	if c.FailureTimeout <= 0 {
 		c.FailureTimeout = 5 * time.Second
 	}
+	if c.PositionInterval <= 0 {
+		c.PositionInterval = DefaultPositionInterval
+	}
 	return nil
 }
 
@@ -78,6 +84,7 @@ type Manager struct {
 	client *http.Client
 	live   liveness
 	obs    *observer
+	feed   *replicaFeed
 	mux    *http.ServeMux
 	// joined is set once this member has seen itself in the Raft
 	// configuration; only the Run loop touches it.
@@ -93,7 +100,7 @@ func NewManager(cfg ManagerConfig) (*Manager, error) {
 		return nil, err
 	}
 	m := &Manager{cfg: cfg, log: cfg.Logger.With("manager", cfg.NodeID), fsm: NewFSM(),
-		live: liveness{lastSeen: map[string]time.Time{}}, obs: newObserver()}
+		live: liveness{lastSeen: map[string]time.Time{}}, obs: newObserver(), feed: newReplicaFeed()}
 	var err error
 	if m.store, err = raftboltdb.New(raftboltdb.Options{Path: filepath.Join(cfg.DataDir, "raft.db")}); err != nil {
 		return nil, fmt.Errorf("open raft store: %w", err)
@@ -193,9 +200,11 @@ func (m *Manager) Run(ctx context.Context) error {
 	sctx, stopSupervise := context.WithCancel(ctx)
 	superviseDone := make(chan struct{})
 	observeDone := make(chan struct{})
+	positionsDone := make(chan struct{})
+	go func() { defer close(positionsDone); m.pollPositions(sctx, m.cfg.PositionInterval) }()
 	go func() { defer close(superviseDone); m.supervise(sctx, 500*time.Millisecond) }()
 	go func() { defer close(observeDone); m.observe(sctx, time.Second) }()
-	defer func() { stopSupervise(); <-superviseDone; <-observeDone }()
+	defer func() { stopSupervise(); <-superviseDone; <-observeDone; <-positionsDone }()
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
 	for {

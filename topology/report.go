@@ -19,6 +19,27 @@ type RelayReport struct {
 	RawBytes    uint64   `json:"raw_bytes"`
 	WireBytes   uint64   `json:"wire_bytes"`
 	Slots       []string `json:"slots,omitempty"`
+	// Children are the relay's streaming standbys with the positions of
+	// their last status reply (the replica feed's second source).
+	Children []ChildReport `json:"children,omitempty"`
+}
+
+// ChildReport is one child's position as its relay last heard it.
+type ChildReport struct {
+	Name      string        `json:"name"` // application_name
+	FlushLSN  walstream.LSN `json:"flush_lsn"`
+	ReplayLSN walstream.LSN `json:"replay_lsn"`
+	Timeline  uint32        `json:"timeline,omitempty"`
+	// ReplyAgeMs is how old the reply was when the report was made.
+	ReplyAgeMs int64 `json:"reply_age_ms"`
+}
+
+// ChildEndpoint is where clients reach a managed standby, as registered.
+type ChildEndpoint struct {
+	Host string `json:"host"`
+	Port int    `json:"port"`
+	Zone string `json:"zone,omitempty"`
+	Tier string `json:"tier,omitempty"`
 }
 
 // HeartbeatRequest is POST /v1/heartbeat.
@@ -39,6 +60,9 @@ type SlotWant struct {
 type HeartbeatResponse struct {
 	Epoch uint64     `json:"epoch"`
 	Slots []SlotWant `json:"slots,omitempty"`
+	// Endpoints of the managed standbys among the relay's children, so the
+	// relay's own replica feed can name them.
+	Endpoints map[string]ChildEndpoint `json:"endpoints,omitempty"`
 }
 
 // NodeStatus is the leader's latest view of one node's positions and link,

@@ -27,6 +27,10 @@ import (
 const (
 	// CompressionParam is the startup parameter and ParameterStatus name.
 	CompressionParam = "walrelay.compression"
+	// NodeParam names the relay that connects as a child (so the parent
+	// tells relays from standbys, e.g. to leave them out of the replica
+	// feed). A dotted custom parameter: PostgreSQL accepts and ignores it.
+	NodeParam = "walrelay.node"
 	// CompressionZstd is its only value with an effect.
 	CompressionZstd = "zstd"
 

@@ -321,7 +321,7 @@ func (e *storeError) Unwrap() error { return e.err }
 
 // stream runs one connection: handshake, then the CopyBoth loop.
 func (u *Upstream) stream(ctx context.Context, log *slog.Logger, connString string) error {
-	params := map[string]string{}
+	params := map[string]string{NodeParam: u.cfg.NodeID}
 	if u.cfg.Compression == CompressionZstd {
 		params[CompressionParam] = CompressionZstd
 	}

@@ -27,7 +27,7 @@ func newRootCmd() *cobra.Command {
 		SilenceErrors: true,
 	}
 	root.AddCommand(newRelayCmd(), newVersionCmd(), newDemoCmd(),
-		newManagerCmd(), newTreeCmd(), newStatusCmd(), newMembersCmd(), newSwitchoverCmd(), newRejoinCmd(), newConfigCmd(), newPrimaryCmd(), newStandbyCmd(), newMoveCmd())
+		newManagerCmd(), newTreeCmd(), newStatusCmd(), newMembersCmd(), newSwitchoverCmd(), newReplicasCmd(), newRejoinCmd(), newConfigCmd(), newPrimaryCmd(), newStandbyCmd(), newMoveCmd())
 	return root
 }
 

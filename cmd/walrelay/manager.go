@@ -93,6 +93,7 @@ func newManagerCmd() *cobra.Command {
 	fl.StringVar(&join, "join", "", "API URL(s) of existing members to join, comma-separated")
 	fl.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	fl.DurationVar(&cfg.FailureTimeout, "failure-timeout", 5*time.Second, "mark a relay failed after this long without a heartbeat")
+	fl.DurationVar(&cfg.PositionInterval, "position-interval", topology.DefaultPositionInterval, "how often the leader reads standbys' replay positions for the replica feed")
 	fl.IntVar(&cfg.Policy.MaxChildren, "max-children", 8, "placement: most children per relay")
 	fl.IntVar(&cfg.Policy.MaxDepth, "max-depth", 3, "placement: most relays between the primary and any node")
 	var tlsFiles topology.TLSFiles

@@ -42,6 +42,7 @@ type relayFlags struct {
 	logLevel      string
 	logFormat     string
 	senderTimeout time.Duration
+	replyInterval time.Duration
 	retain        string
 	maxRetained   string
 	feedbackFrom  string
@@ -198,6 +199,7 @@ through a physical replication slot walrelay_<node-id>, stores it durably in
 	fl.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	fl.StringVar(&f.logFormat, "log-format", "text", "text or json")
 	fl.DurationVar(&f.senderTimeout, "sender-timeout", 60*time.Second, "disconnect children silent this long (wal_sender_timeout)")
+	fl.DurationVar(&f.replyInterval, "reply-interval", time.Second, "ask a streaming child for a status reply after this long without one, keeping its replay position in the replica feed fresh (negative: only at half of --sender-timeout)")
 	fl.StringVar(&f.retain, "retain", "1GB", "WAL kept beyond what slots and connected children need: a size (1GB) or an age (24h)")
 	fl.StringVar(&f.maxRetained, "max-retained-size", "0", "hard cap on WAL kept for slots and children; beyond it the oldest slots are invalidated (0: no cap)")
 	fl.StringVar(&f.compression, "compression", "zstd", "ask a parent that is a relay for a compressed link: zstd or off")
@@ -343,6 +345,7 @@ func newRelayNode(f relayFlags, log *slog.Logger) (_ *relayNode, err error) {
 		StartupTimeout:        f.startupTime,
 		SlotDir:               filepath.Join(f.dataDir, "slots"),
 		SenderTimeout:         f.senderTimeout,
+		ReplyInterval:         f.replyInterval,
 		UpstreamConnString:    n.up.ConnString,
 		Backfill:              &walstream.Backfiller{ConnString: n.up.ConnString, NodeID: f.nodeID, Store: n.store, Logger: log},
 		FeedbackFrom:          relay.ParseFeedbackPolicy(f.feedbackFrom),
@@ -366,6 +369,7 @@ func newRelayNode(f relayFlags, log *slog.Logger) (_ *relayNode, err error) {
 		}
 		mux := http.NewServeMux()
 		mux.Handle("/status", n.srv.StatusHandler(n.up))
+		n.srv.FeedHandlers(mux)
 		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 		mux.HandleFunc("/debug/pprof/", pprof.Index)
 		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
@@ -419,6 +423,7 @@ func (n *relayNode) Run(ctx context.Context) error {
 	})
 	g.Go(func() error { n.reloadOnSIGHUP(gctx); return nil })
 	g.Go(func() error { return n.store.RunCompactor(gctx, time.Second) })
+	g.Go(func() error { return n.srv.RunFeedSampler(gctx, n.up, 100*time.Millisecond) })
 	if n.f.manager != "" {
 		agent, err := n.agent()
 		if err != nil {
@@ -478,6 +483,13 @@ func (n *relayNode) agent() (*topology.Agent, error) {
 		},
 		Report:     n.report,
 		EnsureSlot: n.srv.EnsureSlot,
+		OnEndpoints: func(eps map[string]topology.ChildEndpoint) {
+			m := make(map[string]relay.Endpoint, len(eps))
+			for k, v := range eps {
+				m[k] = relay.Endpoint(v)
+			}
+			n.srv.SetChildEndpoints(m)
+		},
 	}, nil
 }
 
@@ -491,6 +503,13 @@ func (n *relayNode) report() topology.RelayReport {
 	}
 	if pc, err := pgconn.ParseConfig(up.Target); err == nil && up.Target != "" {
 		rep.Upstream = net.JoinHostPort(pc.Host, strconv.Itoa(int(pc.Port)))
+	}
+	now := time.Now()
+	for _, c := range n.srv.Sessions() {
+		if c.State == "streaming" && !c.Relay && c.ReplayLSN != 0 && !c.LastReplyAt.IsZero() {
+			rep.Children = append(rep.Children, topology.ChildReport{Name: c.ApplicationName, FlushLSN: c.FlushLSN,
+				ReplayLSN: c.ReplayLSN, Timeline: uint32(c.Timeline), ReplyAgeMs: now.Sub(c.LastReplyAt).Milliseconds()})
+		}
 	}
 	for _, s := range n.srv.Slots() {
 		if !s.Temporary && !s.Invalidated {

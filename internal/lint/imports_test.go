@@ -16,16 +16,18 @@ const module = "github.com/walrelay/walrelay"
 // internal leaves. relay and failover are peers; topology never imports the
 // data plane; walstream knows nothing about trees.
 var allowed = map[string][]string{
-	"cmd/walrelay":       {"relay", "walstream", "topology", "failover", "internal/pgcluster"},
-	"relay":              {"walstream", "internal/fsutil", "internal/waltest", "internal/testcert"},
+	"cmd/walrelay":       {"relay", "walstream", "topology", "failover", "internal/pgcluster", "internal/feed"},
+	"relay":              {"walstream", "internal/fsutil", "internal/waltest", "internal/testcert", "internal/feed", "internal/units"},
 	"failover":           {"topology", "walstream"},
-	"topology":           {"walstream", "internal/testcert"},
+	"topology":           {"walstream", "internal/testcert", "internal/feed"},
 	"walstream":          {"internal/fsutil", "internal/waltest"},
 	"internal/fsutil":    {},
+	"internal/units":     {},
+	"internal/feed":      {"walstream", "internal/units"},
 	"internal/waltest":   {},
 	"internal/testcert":  {},
 	"internal/pgcluster": {},
-	"e2e":                {"internal/pgcluster", "internal/testcert", "walstream", "relay", "topology"},
+	"e2e":                {"internal/pgcluster", "internal/testcert", "internal/feed", "walstream", "relay", "topology"},
 	"internal/lint":      {},
 }
 
