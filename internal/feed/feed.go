@@ -88,13 +88,13 @@ func (r *Replica) Replayed() walstream.LSN { return r.replay }
 
 // Query is what a caller asks of the feed. Zero fields do not constrain.
 type Query struct {
-	MaxLagBytes   uint64
-	MaxLagTime    time.Duration
-	HasLagBytes   bool
-	HasLagTime    bool
-	MinLSN        walstream.LSN
-	Tier, Zone    string
-	PreferZone    string
+	MaxLagBytes uint64
+	MaxLagTime  time.Duration
+	HasLagBytes bool
+	HasLagTime  bool
+	MinLSN      walstream.LSN
+	Tier, Zone  string
+	PreferZone  string
 	// MaxAge drops standbys whose figures are older: an old figure says
 	// nothing about now. Default DefaultMaxAge.
 	MaxAge time.Duration
