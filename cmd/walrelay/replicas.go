@@ -144,4 +144,3 @@ func printReplicas(w io.Writer, resp *feed.Response) {
 	}
 	tw.Flush()
 }
-
