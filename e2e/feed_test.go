@@ -258,7 +258,7 @@ func TestReplicaFeed(t *testing.T) {
 			r = listed(getFeed(t, base, url.Values{"min_lsn": {pgcluster.FormatLSN(lsn)}}).Replicas, "s3")
 			return r != nil, nil
 		})
-		if r.Parent != "r2" || r.Port != s3.Port || r.Host != "127.0.0.1" || r.Zone != "a" {
+		if r.Parent != "r2" || r.Port != s3.Port || r.Host != "127.0.0.1" || r.Zone != "a" || r.LastXactReplayTimestamp == "" {
 			t.Errorf("s3 reported as %+v", r)
 		}
 		if got := replayLSN(t, s3); got < lsn {

@@ -159,19 +159,21 @@ func (m *Manager) readPrimaryPosition(ctx context.Context, nc *nodeConn) {
 }
 
 // standbyPositionSQL reads what the feed needs, cheaply: replay and receive
-// positions, the receiving timeline, whether replay is paused, and how many
-// client sessions are running a query (the load the feed orders by).
+// positions, the receiving timeline, whether replay is paused, how many
+// client sessions are running a query (the load the feed orders by) and the
+// commit time of the last transaction replayed.
 const standbyPositionSQL = `SELECT pg_is_in_recovery(),
  COALESCE(pg_last_wal_replay_lsn()::text, ''),
  COALESCE(pg_last_wal_receive_lsn()::text, ''),
  COALESCE((SELECT received_tli::text FROM pg_stat_wal_receiver), ''),
  CASE WHEN pg_is_in_recovery() THEN pg_is_wal_replay_paused() ELSE false END,
- (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' AND state = 'active' AND pid <> pg_backend_pid())`
+ (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' AND state = 'active' AND pid <> pg_backend_pid()),
+ COALESCE(extract(epoch FROM pg_last_xact_replay_timestamp())::text, '')`
 
 func (m *Manager) readStandbyPosition(ctx context.Context, name string, nc *nodeConn) {
 	sent := time.Now()
 	res, err := nc.exec(ctx, standbyPositionSQL)
-	if err != nil || len(res) != 1 || len(res[0].Rows) != 1 || len(res[0].Rows[0]) != 6 {
+	if err != nil || len(res) != 1 || len(res[0].Rows) != 1 || len(res[0].Rows[0]) != 7 {
 		return
 	}
 	at := sent.Add(time.Since(sent) / 2)
@@ -192,6 +194,9 @@ func (m *Manager) readStandbyPosition(ctx context.Context, name string, nc *node
 	p.Paused = string(row[4]) == "t"
 	if n, err := strconv.Atoi(string(row[5])); err == nil {
 		p.ActiveSessions = n
+	}
+	if sec, err := strconv.ParseFloat(string(row[6]), 64); err == nil {
+		p.ReplayedCommit = time.UnixMicro(int64(sec * 1e6))
 	}
 	m.feed.mu.Lock()
 	m.feed.pos[name] = p
@@ -253,7 +258,7 @@ func (m *Manager) replicaCandidates(now time.Time) ([]feed.Replica, map[string]s
 			p = sp
 			if rp.At.After(sp.At) {
 				// The relay heard more recently; keep the SQL-only facts.
-				rp.Paused, rp.ActiveSessions = sp.Paused, sp.ActiveSessions
+				rp.Paused, rp.ActiveSessions, rp.ReplayedCommit = sp.Paused, sp.ActiveSessions, sp.ReplayedCommit
 				if rp.Timeline == 0 {
 					rp.Timeline = sp.Timeline
 				}

@@ -27,6 +27,7 @@ type RelayReport struct {
 // ChildReport is one child's position as its relay last heard it.
 type ChildReport struct {
 	Name      string        `json:"name"` // application_name
+	WriteLSN  walstream.LSN `json:"write_lsn"`
 	FlushLSN  walstream.LSN `json:"flush_lsn"`
 	ReplayLSN walstream.LSN `json:"replay_lsn"`
 	Timeline  uint32        `json:"timeline,omitempty"`

@@ -507,7 +507,7 @@ func (n *relayNode) report() topology.RelayReport {
 	now := time.Now()
 	for _, c := range n.srv.Sessions() {
 		if c.State == "streaming" && !c.Relay && c.ReplayLSN != 0 && !c.LastReplyAt.IsZero() {
-			rep.Children = append(rep.Children, topology.ChildReport{Name: c.ApplicationName, FlushLSN: c.FlushLSN,
+			rep.Children = append(rep.Children, topology.ChildReport{Name: c.ApplicationName, WriteLSN: c.WriteLSN, FlushLSN: c.FlushLSN,
 				ReplayLSN: c.ReplayLSN, Timeline: uint32(c.Timeline), ReplyAgeMs: now.Sub(c.LastReplyAt).Milliseconds()})
 		}
 	}

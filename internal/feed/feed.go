@@ -42,6 +42,11 @@ type Replica struct {
 	LagSeconds float64 `json:"lag_seconds"`
 	// AgeSeconds is how old the figures are when the answer is made.
 	AgeSeconds float64 `json:"age_seconds"`
+	// LastXactReplayTimestamp is pg_last_xact_replay_timestamp(): the
+	// commit time of the last transaction replayed (empty when unknown).
+	// It is not the lag: on an idle primary it grows old while the
+	// standby is current.
+	LastXactReplayTimestamp string `json:"last_xact_replay_timestamp,omitempty"`
 	// Paused is true while replay is paused (pg_wal_replay_pause()).
 	Paused bool `json:"paused,omitempty"`
 	// ActiveSessions counts the standby's client sessions running a query
@@ -60,10 +65,12 @@ type Replica struct {
 type Position struct {
 	Replay, Receive walstream.LSN
 	Timeline        uint32
-	Paused          bool
-	ActiveSessions  int
-	At              time.Time
-	Source          string
+	// ReplayedCommit is the commit time of the last transaction replayed.
+	ReplayedCommit time.Time
+	Paused         bool
+	ActiveSessions int
+	At             time.Time
+	Source         string
 }
 
 // Fill sets r's position fields from p, measuring lag against h (the
@@ -75,6 +82,9 @@ func (r *Replica) Fill(p Position, h *History, now time.Time) {
 		r.ReceiveLSN = p.Receive.String()
 	}
 	r.Timeline, r.Paused, r.ActiveSessions, r.Source = p.Timeline, p.Paused, p.ActiveSessions, p.Source
+	if !p.ReplayedCommit.IsZero() {
+		r.LastXactReplayTimestamp = p.ReplayedCommit.UTC().Format(time.RFC3339Nano)
+	}
 	r.age = max(0, now.Sub(p.At))
 	r.AgeSeconds = round3(r.age.Seconds())
 	r.LagBytes, r.lag = h.LagAt(p.Replay, p.At)
