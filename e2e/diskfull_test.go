@@ -2,9 +2,12 @@ package e2e
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -14,12 +17,14 @@ import (
 )
 
 // The relay's data directory is a small tmpfs that fills up under pgbench
-// and bulk writes. The relay stops receiving and acknowledging WAL (the
-// primary's slot stays at the relay's durable end), says why in its status,
-// log and metrics, keeps its standby connected without ever sending it WAL
-// past that end, and resumes by itself once space is freed. The standby
-// then converges with equal tables and the WAL received through the relay
-// is byte-identical to the primary's.
+// and bulk writes, while a relay-local slot pins all its WAL. The relay
+// stops receiving and acknowledging WAL (the primary's slot stays at the
+// relay's durable end), says why in its status, log and metrics, keeps its
+// standby connected without ever sending it WAL past that end, and resumes
+// by itself once space is freed. It has meanwhile dropped --retain (once,
+// until reload), so with the pin gone a second fill is healed by the relay
+// alone. The standby converges with equal tables and the WAL received through the
+// relay is byte-identical to the primary's.
 func TestRelayDiskFull(t *testing.T) {
 	bin := requirePG(t)
 	mnt := filepath.Join(testDir(t), "relayfs")
@@ -38,19 +43,28 @@ func TestRelayDiskFull(t *testing.T) {
 	relay := startRelay(t, "r1", primary.ReplicationConnString(), "--data-dir", filepath.Join(mnt, "relay"), "--store-compression", "off")
 	s := newStandby(t, primary, "s", relay.Conninfo())
 	waitStreaming(t, relay, 1, 30*time.Second)
+	// A relay-local slot pins everything from here: the relay cannot make
+	// room by itself and must wait for the operator.
+	createRelaySlot(t, relay, "pin")
 	direct := receiveWAL(t, bin, "direct", "127.0.0.1", primary.Port)
 	via := receiveWAL(t, bin, "via", "127.0.0.1", relay.Port())
 
 	// Leave room for about two more segments.
-	var fs syscall.Statfs_t
-	if err := syscall.Statfs(mnt, &fs); err != nil {
-		t.Fatal(err)
-	}
-	free := int64(fs.Bavail) * fs.Bsize
 	filler := filepath.Join(mnt, "filler")
-	if err := os.WriteFile(filler, make([]byte, free-40<<20), 0o600); err != nil {
-		t.Fatal(err)
+	fill := func() {
+		var fs syscall.Statfs_t
+		if err := syscall.Statfs(mnt, &fs); err != nil {
+			t.Fatal(err)
+		}
+		free := int64(fs.Bavail) * fs.Bsize
+		if free <= 40<<20 {
+			return
+		}
+		if err := os.WriteFile(filler, make([]byte, free-40<<20), 0o600); err != nil {
+			t.Fatal(err)
+		}
 	}
+	fill()
 
 	loadCtx, stopLoad := context.WithCancel(ctx)
 	defer stopLoad()
@@ -65,19 +79,48 @@ func TestRelayDiskFull(t *testing.T) {
 		le, _ := ups["last_error"].(string)
 		return st, le
 	}
+	insert := func(c byte) error {
+		return primary.Exec(ctx, fmt.Sprintf("INSERT INTO bulk SELECT g, repeat('%c', 300) FROM generate_series(1, 20000) g", c))
+	}
 	waitFor(t, 60*time.Second, "relay reporting a full disk", func() (bool, error) {
 		if st, _ := state(); st == "disk-full" {
 			return true, nil
 		}
-		return false, primary.Exec(ctx, "INSERT INTO bulk SELECT g, repeat('x', 300) FROM generate_series(1, 20000) g")
+		return false, insert('x')
 	})
-	full := relayDurable(t, relay)
+	// First it drops what it keeps only for --retain (the segments from
+	// before the pin), goes on if that made room, and fills up for good.
+	waitFor(t, 10*time.Second, "the relay saying it drops --retain", func() (bool, error) {
+		return relayLogCount(t, relay, "removing WAL kept only by --retain") == 1, nil
+	})
+	var full uint64
+	var since time.Time
+	waitFor(t, 90*time.Second, "relay stopped for longer than a retention pass", func() (bool, error) {
+		st, _ := state()
+		if d := relayDurable(t, relay); st != "disk-full" || d != full {
+			full, since = d, time.Now()
+		} else if time.Since(since) > 7*time.Second {
+			return true, nil
+		}
+		return false, nil // pgbench goes on writing
+	})
 	_, lastErr := state()
 	t.Logf("relay stopped at %s: %s", pgcluster.FormatLSN(full), lastErr)
 	if !strings.Contains(lastErr, "no space left on device") {
 		t.Errorf("status does not say why: %q", lastErr)
 	}
-	if !relayLogContains(t, relay, "out of space") {
+	// It stops where it cannot create the next segment, having published
+	// every byte before it (the completed segments are durable).
+	if m := regexp.MustCompile(`create segment ([0-9A-F]{8})([0-9A-F]{8})([0-9A-F]{8})\.partial`).FindStringSubmatch(lastErr); m == nil {
+		t.Errorf("the error does not name the segment it could not create: %q", lastErr)
+	} else {
+		hi, _ := strconv.ParseUint(m[2], 16, 32)
+		lo, _ := strconv.ParseUint(m[3], 16, 32)
+		if at := hi<<32 | lo<<24; full != at {
+			t.Errorf("the relay published up to %s, not the start %s of the segment it could not create", pgcluster.FormatLSN(full), pgcluster.FormatLSN(at))
+		}
+	}
+	if !relayLogContains(t, relay, "not receiving or acknowledging WAL until space is freed") {
 		t.Error("the relay's log does not say it is out of space")
 	}
 	if m := scrape(t, "http://"+relay.HTTP+"/metrics"); !strings.Contains(m, "walrelay_store_disk_full 1") {
@@ -88,7 +131,7 @@ func TestRelayDiskFull(t *testing.T) {
 	// nor acknowledges more, and its standby never gets past the relay's
 	// durable end, yet stays connected.
 	for i := 0; i < 3; i++ {
-		if err := primary.Exec(ctx, "INSERT INTO bulk SELECT g, repeat('y', 300) FROM generate_series(1, 20000) g"); err != nil {
+		if err := insert('y'); err != nil {
 			t.Fatal(err)
 		}
 		time.Sleep(time.Second)
@@ -128,6 +171,28 @@ func TestRelayDiskFull(t *testing.T) {
 	t.Logf("relay caught up to %s %.1f s after space returned", pgcluster.FormatLSN(ahead), time.Since(freed).Seconds())
 	if m := scrape(t, "http://"+relay.HTTP+"/metrics"); !strings.Contains(m, "walrelay_store_disk_full 0") {
 		t.Error("walrelay_store_disk_full did not return to 0")
+	}
+
+	// Without the pin, the same fill is healed by the relay itself: --retain
+	// has been off since the disk filled, so it keeps only what its children
+	// need and goes on, the filler still there, saying nothing new.
+	dropRelaySlot(t, relay, "pin")
+	time.Sleep(6 * time.Second) // a retention pass removes what the pin held
+	fill()
+	for i := 0; i < 12; i++ {
+		if err := insert('z'); err != nil {
+			t.Fatal(err)
+		}
+	}
+	further, _ := primary.CurrentLSN(ctx)
+	waitRelayDurable(t, relay, further, 90*time.Second)
+	t.Logf("with the filler still in place the relay made room itself and reached %s (%.0f MB past the second fill)",
+		pgcluster.FormatLSN(further), float64(further-ahead)/1e6)
+	if n := relayLogCount(t, relay, "removing WAL kept only by --retain"); n != 1 {
+		t.Errorf("the relay said %d times that it drops --retain, want once until reload", n)
+	}
+	if err := os.Remove(filler); err != nil {
+		t.Fatal(err)
 	}
 	stopLoad()
 	<-load

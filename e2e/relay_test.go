@@ -160,3 +160,17 @@ func createRelaySlot(t testing.TB, r *relayProc, name string) {
 		t.Fatal(err)
 	}
 }
+
+// dropRelaySlot drops a relay-local slot.
+func dropRelaySlot(t testing.TB, r *relayProc, name string) {
+	t.Helper()
+	ctx := context.Background()
+	conn, err := pgconn.Connect(ctx, r.Conninfo()+" replication=true")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	if _, err := conn.Exec(ctx, fmt.Sprintf(`DROP_REPLICATION_SLOT %q`, name)).ReadAll(); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -63,3 +63,12 @@ func relayLogContains(t *testing.T, r *relayProc, s string) bool {
 	}
 	return strings.Contains(string(b), s)
 }
+
+// relayLogCount counts the lines of the relay's log that contain s.
+func relayLogCount(t *testing.T, r *relayProc, s string) int {
+	b, err := os.ReadFile(r.LogFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.Count(string(b), s)
+}

@@ -277,6 +277,12 @@ func (u *Upstream) Run(ctx context.Context) error {
 			// slot): stop taking WAL, keep serving what is stored, and retry
 			// until space returns.
 			state = UpstreamDiskFull
+			// Segments completed before the failure are fsynced: publish
+			// them, or children would wait for space to see them.
+			if _, serr := u.store.Sync(); serr != nil {
+				u.setState(UpstreamStopped, serr)
+				return &storeError{serr}
+			}
 			_, durable := u.store.DurableEnd()
 			log.Error("WAL store is out of space: not receiving or acknowledging WAL until space is freed",
 				"dir", u.store.walDir(), "durable_lsn", durable, "err", err, "retry_in", backoff)
@@ -483,7 +489,8 @@ func (u *Upstream) followTimelines(ctx context.Context, conn *pgconn.PgConn, log
 }
 
 // copyLoop receives WAL, writes it, and fsyncs and reports a batch once no
-// more input is buffered. One goroutine reads and writes the connection.
+// more input is buffered or the batch is large. One goroutine reads and
+// writes the connection.
 func (u *Upstream) copyLoop(ctx context.Context, cc *copyConn, tli TimeLineID) error {
 	var status []byte
 	var lastFeedback HotStandbyFeedback // what the parent holds for us; zero = none
@@ -586,7 +593,16 @@ func (u *Upstream) copyLoop(ctx context.Context, cc *copyConn, tli TimeLineID) e
 		default:
 			return fmt.Errorf("unexpected message %q from upstream", typ)
 		}
-		if !pending && reply {
+		if pending && batch >= maxSyncBatch {
+			// A long burst (catching up) may never leave the read buffer
+			// empty: publish and report as it goes, so children get the
+			// WAL and the parent hears from us within its timeout.
+			if err := u.sync(); err != nil {
+				return err
+			}
+			pending, batch = false, 0
+		}
+		if !pending && (reply || !now.Before(nextStatus)) {
 			if err := sendStatus(); err != nil {
 				return err
 			}

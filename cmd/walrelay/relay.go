@@ -258,19 +258,21 @@ func slotName(nodeID string) string {
 // relayNode is one relay's parts wired together: store, upstream client,
 // server, HTTP endpoints and retention.
 type relayNode struct {
-	f        relayFlags
-	log      *slog.Logger
-	retain   atomic.Pointer[relay.RetentionPolicy]
-	tls      *relay.TLSReloader
-	level    *slog.LevelVar
-	cmdFlags *pflag.FlagSet // to tell command-line settings from file ones on reload
-	store    *walstream.Store
-	up       *walstream.Upstream
-	srv      *relay.Server
-	ln       net.Listener
-	httpLn   net.Listener
-	httpSrv  *http.Server
-	feedback lateFeedback
+	f      relayFlags
+	log    *slog.Logger
+	retain atomic.Pointer[relay.RetentionPolicy]
+	// retainOff: --retain was dropped to make room on a full disk.
+	retainOff atomic.Bool
+	tls       *relay.TLSReloader
+	level     *slog.LevelVar
+	cmdFlags  *pflag.FlagSet // to tell command-line settings from file ones on reload
+	store     *walstream.Store
+	up        *walstream.Upstream
+	srv       *relay.Server
+	ln        net.Listener
+	httpLn    net.Listener
+	httpSrv   *http.Server
+	feedback  lateFeedback
 }
 
 // lateFeedback breaks the construction cycle: the upstream client is built
@@ -419,7 +421,7 @@ func (n *relayNode) Run(ctx context.Context) error {
 		})
 	}
 	g.Go(func() error {
-		return n.srv.RunRetention(gctx, n.store, func() relay.RetentionPolicy { return *n.retain.Load() }, 5*time.Second)
+		return n.srv.RunRetention(gctx, n.store, n.retentionPolicy(), 5*time.Second)
 	})
 	g.Go(func() error { n.reloadOnSIGHUP(gctx); return nil })
 	g.Go(func() error { return n.store.RunCompactor(gctx, time.Second) })
@@ -491,6 +493,30 @@ func (n *relayNode) agent() (*topology.Agent, error) {
 			n.srv.SetChildEndpoints(m)
 		},
 	}, nil
+}
+
+// retentionPolicy returns the policy retention reads at each pass: the
+// configured one, until the store runs out of space. Then WAL kept only by
+// --retain (no slot or child needs it) goes first: it is a convenience,
+// while stopping makes the parent hold everything for this relay. --retain
+// stays off until a reload or restart, so that the store does not fill,
+// stall and trim again every time the retained WAL grows back.
+func (n *relayNode) retentionPolicy() func() relay.RetentionPolicy {
+	return func() relay.RetentionPolicy {
+		p := *n.retain.Load()
+		if p.RetainSize == 0 && p.RetainAge == 0 {
+			return p
+		}
+		if !n.retainOff.Load() && n.up.Status().State == walstream.UpstreamDiskFull {
+			n.retainOff.Store(true)
+			n.log.Warn("WAL store is out of space: removing WAL kept only by --retain to make room; --retain stays off until reload (SIGHUP) or restart",
+				"retain", n.f.retain)
+		}
+		if n.retainOff.Load() {
+			p.RetainSize, p.RetainAge = 0, 0
+		}
+		return p
+	}
 }
 
 // report is what the relay tells the managers with each heartbeat.
@@ -579,6 +605,9 @@ func (n *relayNode) reload() error {
 		n.level.Set(lv)
 	}
 	n.retain.Store(&p)
+	if n.retainOff.Swap(false) {
+		n.log.Info("--retain is in effect again after the full disk", "retain", f.retain)
+	}
 	n.srv.SetRules(rules)
 	n.log.Info("reloaded", "log_level", lv.String(), "access_rules", f.accessRules, "rules", len(rules),
 		"retain", f.retain, "max_retained_size", f.maxRetained, "tls", n.tls != nil)
