@@ -76,6 +76,7 @@ func startBinary(t *testing.T, name string, env []string, args ...string) {
 // ones), build the tree it promises: three managers, relay2 chained below
 // relay1, three standbys streaming from relay2 and registered.
 func TestComposeCommandsBuildTheTree(t *testing.T) {
+	t.Parallel() // waits on timers more than it uses the CPU: runs beside the other manager tests
 	cf := readCompose(t)
 	for _, svc := range []string{"primary", "manager1", "manager2", "manager3", "setup", "relay1", "relay2", "standby1", "standby2", "standby3"} {
 		if _, ok := cf.Services[svc]; !ok {

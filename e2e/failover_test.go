@@ -293,6 +293,7 @@ func standbysExcept(mt *managedTree, except ...string) []*pgcluster.Cluster {
 // the id writer saw acknowledged is there. The old primary, restarted, is
 // followed by nobody and shown fenced.
 func TestFailoverOnPrimaryLoss(t *testing.T) {
+	t.Parallel() // waits on timers more than it uses the CPU: runs beside the other manager tests
 	requirePG(t)
 	ctx := context.Background()
 	fenced := filepath.Join(testDir(t), "fenced.txt")
@@ -360,6 +361,7 @@ func TestFailoverOnPrimaryLoss(t *testing.T) {
 // one up from the relay that holds the most WAL before promoting it, and
 // nothing acknowledged is lost.
 func TestFailoverCatchesCandidateUpFromRelays(t *testing.T) {
+	t.Parallel() // waits on timers more than it uses the CPU: runs beside the other manager tests
 	requirePG(t)
 	// A long --failure-timeout keeps the stalled relay "alive" in the tree
 	// through the failover: otherwise relay-failure placement may move the
@@ -405,6 +407,7 @@ func TestFailoverCatchesCandidateUpFromRelays(t *testing.T) {
 // itself; a standby promoted by hand becomes the committed primary and the
 // tree converges on its timeline.
 func TestExternalPromotionIsFollowed(t *testing.T) {
+	t.Parallel() // waits on timers more than it uses the CPU: runs beside the other manager tests
 	requirePG(t)
 	ctx := context.Background()
 	mt := newManagedTree(t, nil, []string{"--promotion", "external"},
@@ -440,6 +443,7 @@ func TestExternalPromotionIsFollowed(t *testing.T) {
 // commit is lost, and each old primary rejoins as a standby below a relay
 // (pg_rewind when it diverged) and is the target of the next switchover.
 func TestSwitchoverAndBack(t *testing.T) {
+	t.Parallel() // waits on timers more than it uses the CPU: runs beside the other manager tests
 	requirePG(t)
 	mt := newManagedTree(t, nil, nil, []string{"r1", "r2"}, []standbySpec{{name: "c1", promotable: true}, {name: "s1"}})
 	var cur atomic.Pointer[pgcluster.Cluster]

@@ -52,6 +52,7 @@ func treeJSON(managers string) (*topology.TreeResponse, error) {
 // manager leader changes nothing in the tree and drops no relay stream;
 // with every manager stopped, streaming goes on.
 func TestManagedTreeSurvivesRelayAndManagerLoss(t *testing.T) {
+	t.Parallel() // waits on timers more than it uses the CPU: runs beside the other manager tests
 	requirePG(t)
 	ctx := context.Background()
 	primary := newPgbenchPrimary(t, 1)

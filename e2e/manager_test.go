@@ -87,6 +87,7 @@ func walrelayCLI(args ...string) (string, error) {
 // survives the loss of the leader, and fails with a non-zero exit when no
 // manager answers.
 func TestManagersAndTreeCLI(t *testing.T) {
+	t.Parallel() // waits on timers more than it uses the CPU: runs beside the other manager tests
 	m1 := startManagerProc(t, "m1", "")
 	m2 := startManagerProc(t, "m2", m1.url)
 	m3 := startManagerProc(t, "m3", m1.url)
@@ -192,6 +193,7 @@ func TestManagersAndTreeCLI(t *testing.T) {
 // failed, re-assign the child, which switches upstream live, and the
 // standby below converges with matching checksums.
 func TestManagedRelayReparentedOnFailure(t *testing.T) {
+	t.Parallel() // waits on timers more than it uses the CPU: runs beside the other manager tests
 	requirePG(t)
 	primary := newPgbenchPrimary(t, 1)
 	ctx := context.Background()

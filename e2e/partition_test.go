@@ -12,6 +12,7 @@ import (
 // reach the leader through the followers, no relay is marked failed, none
 // changes its upstream, and WAL keeps flowing.
 func TestManagerLeaderPartitionedFromRelays(t *testing.T) {
+	t.Parallel() // waits on timers more than it uses the CPU: runs beside the other manager tests
 	requirePG(t)
 	primary := newPgbenchPrimary(t, 1)
 	m1 := startManagerProc(t, "m1", "")
