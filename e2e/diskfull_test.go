@@ -194,6 +194,13 @@ func TestRelayDiskFull(t *testing.T) {
 	if n := relayLogCount(t, relay, "removing WAL kept only by --retain"); n != 1 {
 		t.Errorf("the relay said %d times that it drops --retain, want once until reload", n)
 	}
+	// The operator, having made room, puts --retain back with SIGHUP.
+	if err := relay.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "--retain back after SIGHUP", func() (bool, error) {
+		return relayLogContains(t, relay, "--retain is in effect again after the full disk"), nil
+	})
 	if err := os.Remove(filler); err != nil {
 		t.Fatal(err)
 	}

@@ -150,19 +150,17 @@ func waitRelayDurable(t testing.TB, r *relayProc, lsn uint64, timeout time.Durat
 // createRelaySlot creates a physical slot on the relay that reserves WAL.
 func createRelaySlot(t testing.TB, r *relayProc, name string) {
 	t.Helper()
-	ctx := context.Background()
-	conn, err := pgconn.Connect(ctx, r.Conninfo()+" replication=true")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(ctx)
-	if _, err := conn.Exec(ctx, fmt.Sprintf(`CREATE_REPLICATION_SLOT %q PHYSICAL RESERVE_WAL`, name)).ReadAll(); err != nil {
-		t.Fatal(err)
-	}
+	relayReplicationCommand(t, r, fmt.Sprintf(`CREATE_REPLICATION_SLOT %q PHYSICAL RESERVE_WAL`, name))
 }
 
 // dropRelaySlot drops a relay-local slot.
 func dropRelaySlot(t testing.TB, r *relayProc, name string) {
+	t.Helper()
+	relayReplicationCommand(t, r, fmt.Sprintf(`DROP_REPLICATION_SLOT %q`, name))
+}
+
+// relayReplicationCommand runs one replication command on the relay.
+func relayReplicationCommand(t testing.TB, r *relayProc, cmd string) {
 	t.Helper()
 	ctx := context.Background()
 	conn, err := pgconn.Connect(ctx, r.Conninfo()+" replication=true")
@@ -170,7 +168,7 @@ func dropRelaySlot(t testing.TB, r *relayProc, name string) {
 		t.Fatal(err)
 	}
 	defer conn.Close(ctx)
-	if _, err := conn.Exec(ctx, fmt.Sprintf(`DROP_REPLICATION_SLOT %q`, name)).ReadAll(); err != nil {
-		t.Fatal(err)
+	if _, err := conn.Exec(ctx, cmd).ReadAll(); err != nil {
+		t.Fatalf("%s: %v", cmd, err)
 	}
 }

@@ -421,7 +421,7 @@ func (n *relayNode) Run(ctx context.Context) error {
 		})
 	}
 	g.Go(func() error {
-		return n.srv.RunRetention(gctx, n.store, n.retentionPolicy(), 5*time.Second)
+		return n.srv.RunRetention(gctx, n.store, n.retentionPolicy, 5*time.Second)
 	})
 	g.Go(func() error { n.reloadOnSIGHUP(gctx); return nil })
 	g.Go(func() error { return n.store.RunCompactor(gctx, time.Second) })
@@ -495,28 +495,26 @@ func (n *relayNode) agent() (*topology.Agent, error) {
 	}, nil
 }
 
-// retentionPolicy returns the policy retention reads at each pass: the
+// retentionPolicy is the policy retention reads at each pass: the
 // configured one, until the store runs out of space. Then WAL kept only by
 // --retain (no slot or child needs it) goes first: it is a convenience,
 // while stopping makes the parent hold everything for this relay. --retain
 // stays off until a reload or restart, so that the store does not fill,
 // stall and trim again every time the retained WAL grows back.
-func (n *relayNode) retentionPolicy() func() relay.RetentionPolicy {
-	return func() relay.RetentionPolicy {
-		p := *n.retain.Load()
-		if p.RetainSize == 0 && p.RetainAge == 0 {
-			return p
-		}
-		if !n.retainOff.Load() && n.up.Status().State == walstream.UpstreamDiskFull {
-			n.retainOff.Store(true)
-			n.log.Warn("WAL store is out of space: removing WAL kept only by --retain to make room; --retain stays off until reload (SIGHUP) or restart",
-				"retain", n.f.retain)
-		}
-		if n.retainOff.Load() {
-			p.RetainSize, p.RetainAge = 0, 0
-		}
+func (n *relayNode) retentionPolicy() relay.RetentionPolicy {
+	p := *n.retain.Load()
+	if p.RetainSize == 0 && p.RetainAge == 0 {
 		return p
 	}
+	if !n.retainOff.Load() && n.up.Status().State == walstream.UpstreamDiskFull {
+		n.retainOff.Store(true)
+		n.log.Warn("WAL store is out of space: removing WAL kept only by --retain to make room; --retain stays off until reload (SIGHUP) or restart",
+			"retain", n.f.retain)
+	}
+	if n.retainOff.Load() {
+		p.RetainSize, p.RetainAge = 0, 0
+	}
+	return p
 }
 
 // report is what the relay tells the managers with each heartbeat.
