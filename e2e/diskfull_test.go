@@ -7,24 +7,26 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/walrelay/walrelay/internal/pgcluster"
+	"github.com/walrelay/walrelay/walstream"
 )
 
 // The relay's data directory is a small tmpfs that fills up under pgbench
-// and bulk writes, while a relay-local slot pins all its WAL. The relay
-// stops receiving and acknowledging WAL (the primary's slot stays at the
-// relay's durable end), says why in its status, log and metrics, keeps its
-// standby connected without ever sending it WAL past that end, and resumes
-// by itself once space is freed. It has meanwhile dropped --retain (once,
-// until reload), so with the pin gone a second fill is healed by the relay
-// alone. The standby converges with equal tables and the WAL received through the
-// relay is byte-identical to the primary's.
+// and bulk writes, while a relay-local slot pins the WAL from its creation.
+// The relay first drops what it kept only for --retain (saying so once;
+// --retain stays off until SIGHUP), then stops receiving and acknowledging
+// WAL at the start of the segment it cannot create (the primary's slot
+// stays at the relay's durable end), says why in its status, log and
+// metrics, keeps its standby connected without ever sending it WAL past
+// that end, and resumes by itself once space is freed. With the pin gone a
+// second fill is healed by the relay alone. The standby converges with
+// equal tables and the WAL received through the relay is byte-identical to
+// the primary's.
 func TestRelayDiskFull(t *testing.T) {
 	bin := requirePG(t)
 	mnt := filepath.Join(testDir(t), "relayfs")
@@ -46,8 +48,9 @@ func TestRelayDiskFull(t *testing.T) {
 	relay := startRelay(t, "r1", primary.ReplicationConnString(), "--data-dir", filepath.Join(mnt, "relay"), "--store-compression", "off")
 	s := newStandby(t, primary, "s", relay.Conninfo())
 	waitStreaming(t, relay, 1, 30*time.Second)
-	// A relay-local slot pins everything from here: the relay cannot make
-	// room by itself and must wait for the operator.
+	// A relay-local slot pins everything from here: beyond the older WAL
+	// kept for --retain, the relay cannot make room by itself and must
+	// wait for the operator.
 	createRelaySlot(t, relay, "pin")
 	direct := receiveWAL(t, bin, "direct", "127.0.0.1", primary.Port)
 	via := receiveWAL(t, bin, "via", "127.0.0.1", relay.Port())
@@ -114,14 +117,13 @@ func TestRelayDiskFull(t *testing.T) {
 	}
 	// It stops where it cannot create the next segment, having published
 	// every byte before it (the completed segments are durable).
-	if m := regexp.MustCompile(`create segment ([0-9A-F]{8})([0-9A-F]{8})([0-9A-F]{8})\.partial`).FindStringSubmatch(lastErr); m == nil {
+	segSize := uint64(16 << 20) // initdb's default, which the harness keeps
+	if m := regexp.MustCompile(`create segment ([0-9A-F]{24})\.partial`).FindStringSubmatch(lastErr); m == nil {
 		t.Errorf("the error does not name the segment it could not create: %q", lastErr)
-	} else {
-		hi, _ := strconv.ParseUint(m[2], 16, 32)
-		lo, _ := strconv.ParseUint(m[3], 16, 32)
-		if at := hi<<32 | lo<<24; full != at {
-			t.Errorf("the relay published up to %s, not the start %s of the segment it could not create", pgcluster.FormatLSN(full), pgcluster.FormatLSN(at))
-		}
+	} else if _, no, err := walstream.ParseSegmentFileName(m[1], segSize); err != nil {
+		t.Error(err)
+	} else if at := no * segSize; full != at {
+		t.Errorf("the relay published up to %s, not the start %s of the segment it could not create", pgcluster.FormatLSN(full), pgcluster.FormatLSN(at))
 	}
 	if !relayLogContains(t, relay, "not receiving or acknowledging WAL until space is freed") {
 		t.Error("the relay's log does not say it is out of space")
