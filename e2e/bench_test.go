@@ -343,7 +343,12 @@ func cpuOf(pids []int) time.Duration {
 
 // saveProfile writes a 4 s CPU profile of the relay to path.
 func saveProfile(b *testing.B, r *relayProc, path string) {
-	resp, err := http.Get("http://" + r.HTTP + "/debug/pprof/profile?seconds=4")
+	saveProfileURL(b, "http://"+r.HTTP+"/debug/pprof/profile?seconds=4", path)
+}
+
+// saveProfileURL saves the profile a pprof URL answers to path.
+func saveProfileURL(b *testing.B, url, path string) {
+	resp, err := http.Get(url)
 	if err != nil {
 		b.Log(err)
 		return

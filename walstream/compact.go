@@ -67,14 +67,18 @@ func (s *Store) CompactOnce() (int, error) {
 
 func (s *Store) compactSegment(seg *segment) error {
 	s.mu.Lock()
-	path, f, closed, segSize := seg.path, seg.f, s.closed, s.meta.SegmentSize
+	path, f, closed, segSize, raw := seg.path, seg.f, s.closed, s.meta.SegmentSize, seg.mem
 	s.mu.Unlock()
 	if closed {
 		return nil
 	}
-	raw, err := io.ReadAll(io.NewSectionReader(f, 0, int64(segSize)))
-	if err != nil {
-		return fmt.Errorf("compress %s: %w", path, err)
+	// A segment just completed is still in the memory tail (its bytes never
+	// change): compress it from there instead of reading the file back.
+	if raw == nil {
+		raw = make([]byte, segSize)
+		if _, err := io.ReadFull(io.NewSectionReader(f, 0, int64(segSize)), raw); err != nil {
+			return fmt.Errorf("compress %s: %w", path, err)
+		}
 	}
 	zpath := path + CompressedSuffix
 	if err := fsutil.WriteFileAtomic(zpath, encodeZSegment(raw)); err != nil {

@@ -36,6 +36,12 @@ type UpstreamConfig struct {
 	// Compression "zstd" asks the parent for a compressed link; a parent
 	// that is not a relay ignores it and sends plain WAL.
 	Compression string
+	// SyncDelay bounds how long WAL received may wait for more before one
+	// fsync covers it all (group commit, like PostgreSQL's commit_delay).
+	// Zero syncs as soon as no more input is buffered. It adds up to its
+	// value to every hop's latency and saves an fsync per commit under a
+	// load of small commits.
+	SyncDelay time.Duration
 	// Feedback, if set, supplies the hot standby feedback to forward to the
 	// parent (the oldest xmin the children's queries need).
 	Feedback   FeedbackSource
@@ -528,6 +534,7 @@ func (u *Upstream) copyLoop(ctx context.Context, cc *copyConn, tli TimeLineID) e
 	lastRecv := time.Now()
 	nextStatus := lastRecv.Add(u.cfg.StatusInterval)
 	var pending, reply bool // written but not synced; parent asked for a reply
+	var pendingSince time.Time
 	var batch int
 	for {
 		deadline := lastRecv.Add(u.cfg.Timeout)
@@ -541,6 +548,9 @@ func (u *Upstream) copyLoop(ctx context.Context, cc *copyConn, tli TimeLineID) e
 			deadline = time.Now()
 			if batch < maxSyncBatch && u.lastFull {
 				deadline = deadline.Add(groupCommitWait)
+			}
+			if d := pendingSince.Add(u.cfg.SyncDelay); batch < maxSyncBatch && d.After(deadline) {
+				deadline = d
 			}
 		}
 		typ, body, err := cc.next(deadline)
@@ -577,6 +587,9 @@ func (u *Upstream) copyLoop(ctx context.Context, cc *copyConn, tli TimeLineID) e
 				return err
 			}
 			if n > 0 {
+				if !pending {
+					pendingSince = now
+				}
 				pending = true
 				batch += n
 			}

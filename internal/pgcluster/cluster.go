@@ -413,3 +413,33 @@ func (c *Cluster) Rejoin(ctx context.Context, sourceConnString, primaryConninfo 
 	}
 	return c.SetConf(settings)
 }
+
+// Clone copies this cluster's data directory, which must not be running
+// (a fresh base backup, say), into a new cluster under opts.BaseDir with a
+// port and cluster_name of its own and opts.Conf on top. Many standbys of
+// one primary are made far quicker this way than by a base backup each. It
+// does not start the server.
+func (c *Cluster) Clone(ctx context.Context, opts Options) (*Cluster, error) {
+	if opts.BinDir == "" {
+		opts.BinDir = c.BinDir
+	}
+	if err := opts.fill(); err != nil {
+		return nil, err
+	}
+	n, err := newCluster(opts)
+	if err != nil {
+		return nil, err
+	}
+	// cp -a keeps the owner (postgres) and modes PostgreSQL insists on.
+	if out, err := exec.CommandContext(ctx, "cp", "-a", c.DataDir, n.DataDir).CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("cluster %s: copy %s: %w: %s", n.Name, c.DataDir, err, bytes.TrimSpace(out))
+	}
+	conf := map[string]string{"port": strconv.Itoa(n.Port), "cluster_name": opts.Name}
+	for k, v := range opts.Conf {
+		conf[k] = v
+	}
+	if err := n.SetConf(conf); err != nil {
+		return nil, err
+	}
+	return n, nil
+}
