@@ -91,6 +91,10 @@ type Store struct {
 	writeTLI TimeLineID
 	writeEnd LSN // end of what was written (not necessarily synced)
 	closed   bool
+	// spare delivers the outcome of preparing the next segment's file
+	// (spare.go); nil when none is under way. Writer only.
+	spare   chan error
+	spareWG sync.WaitGroup
 
 	// durable is the end of what is fsynced, on durableTLI. Published after
 	// fsync, read without the lock by children.
@@ -305,12 +309,33 @@ func (s *Store) openPartial(name string, newest bool) error {
 		return fmt.Errorf("read segment %s: %w", name, err)
 	}
 	valid := s.validPrefix(data, LSN(no*s.meta.SegmentSize))
-	if valid < len(data) {
+	if uint64(len(data)) == s.meta.SegmentSize {
+		// Zero-filled when created (spare.go) and cut to its written length
+		// only by a clean Close: after a crash the WAL ends at the last
+		// byte that is not zero. WAL bytes that are zero just before that
+		// end are cut too, and the upstream sends them again.
+		valid = lastNonZero(data[:valid])
+	}
+	if valid < len(data) && !allZero(data[valid:]) {
 		s.log.Warn("truncating torn WAL tail", "segment", name, "size", len(data), "valid", valid)
-		if err := f.Truncate(int64(valid)); err != nil {
-			f.Close()
-			return fmt.Errorf("truncate segment %s to %d: %w", name, valid, err)
+	}
+	if newest {
+		// Writing resumes here: zero what follows the valid WAL, to the
+		// full size, as in a new segment.
+		// On a full disk, cut it instead: appends then grow the file,
+		// which is as durable, only dearer to sync.
+		err := zeroRange(f, int64(valid), int64(s.meta.SegmentSize))
+		if IsNoSpace(err) {
+			s.log.Warn("no space to zero-fill the rest of the newest segment; it grows as it is written", "segment", name, "err", err)
+			err = f.Truncate(int64(valid))
 		}
+		if err != nil {
+			f.Close()
+			return fmt.Errorf("zero segment %s from %d: %w", name, valid, err)
+		}
+	} else if err := f.Truncate(int64(valid)); err != nil {
+		f.Close()
+		return fmt.Errorf("truncate segment %s to %d: %w", name, valid, err)
 	}
 	// Bytes written before a crash may not have reached disk yet.
 	if err := f.Sync(); err != nil {
@@ -410,13 +435,20 @@ func (s *Store) Close() error {
 	var first error
 	for _, seg := range s.segs {
 		if seg == s.writer {
-			if err := seg.f.Sync(); err != nil && first == nil {
+			// Cut the zero fill off, so that reopening finds the exact end
+			// by the file's size (see openPartial).
+			err := seg.f.Truncate(seg.size)
+			if err == nil {
+				err = seg.f.Sync()
+			}
+			if err != nil && first == nil {
 				first = fmt.Errorf("sync %s: %w", seg.path, err)
 			}
 		}
 		seg.f.Close()
 	}
 	s.notify.broadcast()
+	s.spareWG.Wait()
 	return first
 }
 

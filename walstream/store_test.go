@@ -188,9 +188,11 @@ func TestStoreRecoversAfterCrash(t *testing.T) {
 
 	s2 := openTestStore(t, dir)
 	tli, got := s2.DurableEnd()
-	// The page holding the end is intact (its header is valid): kept up to
-	// the first zeroed page.
-	wantEnd := end.SegmentStart(testSeg) + 4*PageSize
+	// The page holding the end is intact (its header is valid); the
+	// segment was zero-filled, so the WAL ends at its last byte that is
+	// not zero.
+	want := waltest.Generate(testSysID, testSeg, 1, testSeg, int(end-testSeg))
+	wantEnd := testSeg + LSN(lastNonZero(want))
 	if tli != 1 || got != wantEnd {
 		t.Fatalf("recovered durable end %d %s, want 1 %s", tli, got, wantEnd)
 	}
@@ -199,11 +201,14 @@ func TestStoreRecoversAfterCrash(t *testing.T) {
 	}
 	// The valid prefix reads back; writing resumes where the data ends
 	// once the upstream resends from the durable end.
-	want := waltest.Generate(testSysID, testSeg, 1, testSeg, int(end-testSeg))
-	if got := readAll(t, s2, testSeg, end); !bytes.Equal(got, want) {
+	if got := readAll(t, s2, testSeg, wantEnd); !bytes.Equal(got, want[:wantEnd-testSeg]) {
 		t.Fatal("recovered WAL differs")
 	}
-	_ = got
+	writeWAL(t, s2, wantEnd, 3*testSeg+10, 50_000)
+	want = waltest.Generate(testSysID, testSeg, 1, testSeg, 2*testSeg+10)
+	if got := readAll(t, s2, testSeg, 3*testSeg+10); !bytes.Equal(got, want) {
+		t.Fatal("WAL differs after resuming")
+	}
 }
 
 func TestStoreTruncatesTornPage(t *testing.T) {
@@ -219,11 +224,14 @@ func TestStoreTruncatesTornPage(t *testing.T) {
 	f.WriteAt(make([]byte, 24), 3*PageSize)
 	f.Close()
 	s2 := openTestStore(t, dir)
-	if _, got := s2.DurableEnd(); got != 3*PageSize {
-		t.Fatalf("durable end after torn page = %s, want %s", got, LSN(3*PageSize))
+	// Cut before the torn page, and before the zero bytes that end the page
+	// before it (they cannot be told from the zero fill).
+	wantEnd := LSN(lastNonZero(waltest.Generate(testSysID, testSeg, 1, 0, 3*PageSize)))
+	if _, got := s2.DurableEnd(); got != wantEnd {
+		t.Fatalf("durable end after torn page = %s, want %s", got, wantEnd)
 	}
 	// The upstream resends from there and the store continues.
-	writeWAL(t, s2, 3*PageSize, testSeg+10, 50_000)
+	writeWAL(t, s2, wantEnd, testSeg+10, 50_000)
 	want := waltest.Generate(testSysID, testSeg, 1, 0, testSeg+10)
 	if got := readAll(t, s2, 0, testSeg+10); !bytes.Equal(got, want) {
 		t.Fatal("WAL differs after resuming")

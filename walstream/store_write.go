@@ -60,7 +60,7 @@ func (s *Store) SwitchTimeline(tli TimeLineID, switchPoint LSN) error {
 		return fmt.Errorf("switch to timeline %d at %s: store ends at %s on timeline %d", tli, switchPoint, s.writeEnd, s.writeTLI)
 	}
 	if w := s.writer; w != nil {
-		if err := w.f.Sync(); err != nil {
+		if err := datasync(w.f); err != nil {
 			return &SyncError{fmt.Errorf("sync segment %s: %w", w.path, err)}
 		}
 		w.durable.Store(w.size)
@@ -133,7 +133,7 @@ func (s *Store) Write(tli TimeLineID, lsn LSN, data []byte) error {
 
 // finishSegment makes a full segment durable and gives it its final name.
 func (s *Store) finishSegment(seg *segment) error {
-	if err := seg.f.Sync(); err != nil {
+	if err := datasync(seg.f); err != nil {
 		return &SyncError{fmt.Errorf("sync segment %s: %w", seg.path, err)}
 	}
 	s.mu.Lock()
@@ -181,7 +181,7 @@ func (s *Store) verifyHeld(tli TimeLineID, lsn LSN, data []byte) error {
 // readers. It returns that end.
 func (s *Store) Sync() (LSN, error) {
 	if seg := s.writer; seg != nil && seg.durable.Load() != seg.size {
-		if err := seg.f.Sync(); err != nil {
+		if err := datasync(seg.f); err != nil {
 			return LSN(s.durable.Load()), &SyncError{fmt.Errorf("sync segment %s: %w", seg.path, err)}
 		}
 		seg.durable.Store(seg.size)
@@ -202,13 +202,10 @@ func (s *Store) Sync() (LSN, error) {
 func (s *Store) newSegment(tli TimeLineID, no uint64) error {
 	name := SegmentFileName(tli, no, s.meta.SegmentSize) + PartialSuffix
 	path := filepath.Join(s.walDir(), name)
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)
+	// A full disk shows here, before any WAL is written into the segment,
+	// so a relay stops at a segment boundary instead of inside one.
+	f, err := s.openSegmentFile(path)
 	if err != nil {
-		return fmt.Errorf("create segment %s: %w", name, err)
-	}
-	if err := preallocate(f, int64(s.meta.SegmentSize)); err != nil {
-		f.Close()
-		os.Remove(path)
 		return fmt.Errorf("create segment %s: %w", name, err)
 	}
 	if err := fsutil.SyncDir(s.walDir()); err != nil {

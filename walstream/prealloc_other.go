@@ -1,7 +1,0 @@
-//go:build !linux
-
-package walstream
-
-import "os"
-
-func preallocate(*os.File, int64) error { return nil }
