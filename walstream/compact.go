@@ -81,7 +81,7 @@ func (s *Store) compactSegment(seg *segment) error {
 		}
 	}
 	zpath := path + CompressedSuffix
-	if err := fsutil.WriteFileAtomic(zpath, encodeZSegment(raw)); err != nil {
+	if err := fsutil.WriteFileAtomic(zpath, encodeZSegment(raw, s.codec)); err != nil {
 		return fmt.Errorf("compress %s: %w", path, err)
 	}
 	zf, err := os.Open(zpath)

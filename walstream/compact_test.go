@@ -90,3 +90,37 @@ func TestCorruptFrameDetectedAndReplaced(t *testing.T) {
 		t.Fatalf("after replacement: %v", err)
 	}
 }
+
+// A store compressing with S2 reads back the same WAL, also after being
+// reopened with zstd (files of either codec are read whatever the option).
+func TestS2CompactedSegmentsReadBack(t *testing.T) {
+	dir := t.TempDir()
+	s, err := OpenStore(dir, StoreOptions{TailBytes: 1, Compress: true, Codec: CodecS2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	s.Bind(testID, "15")
+	s.StartAt(1, 0)
+	end := LSN(2*testSeg + 99)
+	writeWAL(t, s, 0, end, 100_000)
+	if n, err := s.CompactOnce(); err != nil || n != 2 {
+		t.Fatalf("CompactOnce = %d, %v", n, err)
+	}
+	want := waltest.Generate(testSysID, testSeg, 1, 0, int(end))
+	if got := readAll(t, s, 0, end); !bytes.Equal(got, want) {
+		t.Fatal("S2-compressed store reads back different WAL")
+	}
+	s.Close()
+	s2, err := OpenStore(dir, StoreOptions{Compress: true, Codec: CodecZstd})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s2.Close()
+	if got := readAll(t, s2, 0, end); !bytes.Equal(got, want) {
+		t.Fatal("S2 files reopened by a zstd store read back different WAL")
+	}
+	if _, err := OpenStore(t.TempDir(), StoreOptions{Codec: "lz4"}); err == nil {
+		t.Fatal("an unknown codec was accepted")
+	}
+}

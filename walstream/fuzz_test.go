@@ -118,8 +118,9 @@ func FuzzParseHistory(f *testing.F) {
 func FuzzZSegmentFile(f *testing.F) {
 	raw := make([]byte, testSeg)
 	copy(raw, waltest.Generate(testSysID, testSeg, 1, 0, 3*PageSize))
-	good := encodeZSegment(raw)
+	good := encodeZSegment(raw, codecZstd)
 	f.Add(good)
+	f.Add(encodeZSegment(raw, codecS2))
 	f.Add(good[:40])
 	f.Add([]byte("WALRELAYZ"))
 	dir := f.TempDir()

@@ -57,9 +57,12 @@ type StoreOptions struct {
 	// children at the tip are served without reading files. Rounded up to
 	// whole segments, at least one. Default 64 MiB.
 	TailBytes uint64
-	// Compress rewrites completed segments as checksummed zstd frames
+	// Compress rewrites completed segments as checksummed compressed frames
 	// (see zsegment.go); RunCompactor does the work.
 	Compress bool
+	// Codec is CodecZstd (the default) or CodecS2. Files of either are read
+	// whatever it is.
+	Codec string
 }
 
 const identityFile = "identity.json"
@@ -86,6 +89,7 @@ type Store struct {
 	history  map[TimeLineID][]byte
 	cache    *frameCache
 	compress bool
+	codec    byte
 	memSegs  []*segment // segments whose bytes are in memory, oldest first
 	writer   *segment   // the .partial segment being written, or nil
 	writeTLI TimeLineID
@@ -132,6 +136,10 @@ func OpenStore(dir string, opts StoreOptions) (*Store, error) {
 	if opts.TailBytes == 0 {
 		opts.TailBytes = 64 << 20
 	}
+	codec, err := codecID(opts.Codec)
+	if err != nil {
+		return nil, fmt.Errorf("open store %s: %w", dir, err)
+	}
 	s := &Store{
 		dir:      dir,
 		log:      opts.Logger,
@@ -140,6 +148,7 @@ func OpenStore(dir string, opts StoreOptions) (*Store, error) {
 		history:  make(map[TimeLineID][]byte),
 		cache:    newFrameCache(256), // 64 MiB of decoded frames
 		compress: opts.Compress,
+		codec:    codec,
 	}
 	s.notify.init()
 	if err := os.MkdirAll(s.walDir(), 0o700); err != nil {

@@ -99,8 +99,8 @@ func (f *relayFlags) settings() (relaySettings, error) {
 	if st.catchupTotal, err = relay.ParseSize(f.catchupTotal); err != nil {
 		return st, fmt.Errorf("max-catchup-rate-total: %w", err)
 	}
-	if f.storeCompress != "zstd" && f.storeCompress != "off" {
-		return st, fmt.Errorf("store-compression %q: want zstd or off", f.storeCompress)
+	if f.storeCompress != walstream.CodecZstd && f.storeCompress != walstream.CodecS2 && f.storeCompress != "off" {
+		return st, fmt.Errorf("store-compression %q: want zstd, s2 or off", f.storeCompress)
 	}
 	if f.compression != "zstd" && f.compression != "off" && f.compression != "" {
 		return st, fmt.Errorf("compression %q: want zstd or off", f.compression)
@@ -205,7 +205,7 @@ through a physical replication slot walrelay_<node-id>, stores it durably in
 	fl.StringVar(&f.retain, "retain", "1GB", "WAL kept beyond what slots and connected children need: a size (1GB) or an age (24h)")
 	fl.StringVar(&f.maxRetained, "max-retained-size", "0", "hard cap on WAL kept for slots and children; beyond it the oldest slots are invalidated (0: no cap)")
 	fl.StringVar(&f.compression, "compression", "zstd", "ask a parent that is a relay for a compressed link: zstd or off")
-	fl.StringVar(&f.storeCompress, "store-compression", "zstd", "store completed segments as checksummed zstd frames: zstd or off")
+	fl.StringVar(&f.storeCompress, "store-compression", "zstd", "store completed segments as checksummed compressed frames: zstd, s2 (about 4x less CPU, about half the ratio) or off")
 	fl.StringVar(&f.manager, "manager", "", "manager API URL(s): register, heartbeat and follow the assigned parent (--upstream becomes optional; default $WALRELAY_MANAGER)")
 	fl.StringVar(&f.advertise, "advertise", "", "host:port children and managers use to reach this relay (default: --listen)")
 	fl.StringVar(&f.zone, "zone", "", "zone, for placement")
@@ -300,7 +300,7 @@ func newRelayNode(f relayFlags, log *slog.Logger) (_ *relayNode, err error) {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	tail := st.tail
-	if n.store, err = walstream.OpenStore(f.dataDir, walstream.StoreOptions{Logger: log, Compress: f.storeCompress == "zstd", TailBytes: tail}); err != nil {
+	if n.store, err = walstream.OpenStore(f.dataDir, walstream.StoreOptions{Logger: log, Compress: f.storeCompress != "off", Codec: f.storeCompress, TailBytes: tail}); err != nil {
 		return nil, err
 	}
 	defer func() {
