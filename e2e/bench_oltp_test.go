@@ -31,7 +31,9 @@ import (
 //	go test -run '^$' -bench RelayOLTP -benchtime 1x ./e2e/
 //
 // WALRELAY_OLTP_SECONDS sets the pgbench duration (default 15);
-// WALRELAY_PROFILE=FILE saves a CPU profile of the relay during its run.
+// WALRELAY_PROFILE=FILE saves a CPU profile of the relay during its run (NAME
+// in FILE becomes the sub-benchmark's name); WALRELAY_BENCH_RELAY_ARGS adds
+// arguments to the relay's command line (e.g. "--sync-delay 1ms").
 func BenchmarkRelayOLTP(b *testing.B) {
 	for _, c := range []struct {
 		name              string
@@ -78,7 +80,7 @@ func benchOLTP(b *testing.B, standbys, clients int) {
 		relay := startRelay(b, fmt.Sprintf("r%d", i), primary.ReplicationConnString(), args...)
 		fleet.point(b, primary, relay.Port())
 		if p := os.Getenv("WALRELAY_PROFILE"); p != "" {
-			go saveProfileFor(b, relay, p, d-2*time.Second)
+			go saveProfileFor(b, relay, strings.ReplaceAll(p, "NAME", strings.ReplaceAll(b.Name(), "/", "-")), d-2*time.Second)
 		}
 		feeding := walsenderPIDs(b, primary) // only the relay's walsender now
 		relayPID := relay.cmd.Process.Pid

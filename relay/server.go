@@ -33,10 +33,11 @@ type WALSource interface {
 	// Wait returns a channel closed when the durable end next moves.
 	Wait() <-chan struct{}
 	// Read returns durable WAL from lsn, at most len(buf) bytes and never
-	// across a segment boundary: a read-only view of memory or buf filled
-	// from disk; empty when nothing past lsn is durable. A segment not held
-	// gives an error matching walstream.ErrWALRemoved.
-	Read(tli walstream.TimeLineID, lsn walstream.LSN, buf []byte) ([]byte, error)
+	// across a segment boundary: a read-only view of memory, pinned until
+	// the View is released, or buf filled from disk; empty when nothing
+	// past lsn is durable. A segment not held gives an error matching
+	// walstream.ErrWALRemoved.
+	Read(tli walstream.TimeLineID, lsn walstream.LSN, buf []byte) ([]byte, walstream.View, error)
 	// OldestLSN is the first position held on tli.
 	OldestLSN(tli walstream.TimeLineID) (walstream.LSN, bool)
 	// History returns a stored timeline history file.

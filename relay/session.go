@@ -33,6 +33,7 @@ type session struct {
 	// the session's goroutines and change only during startup.
 	raw  net.Conn
 	conn net.Conn
+	in   *pacedReader // what be reads from: conn, paced while streaming
 	be   *pgproto3.Backend
 	ssl  bool
 	// peerCN is the common name of a verified client certificate.
@@ -51,12 +52,14 @@ type session struct {
 }
 
 func newSession(srv *Server, conn net.Conn, pid int32) *session {
-	be := pgproto3.NewBackend(conn, conn)
+	in := &pacedReader{r: conn}
+	be := pgproto3.NewBackend(in, conn)
 	be.SetMaxBodyLen(maxMessageLen)
 	return &session{
 		srv:          srv,
 		raw:          conn,
 		conn:         conn,
+		in:           in,
 		be:           be,
 		pid:          pid,
 		log:          srv.log.With("client", conn.RemoteAddr().String(), "pid", pid),
@@ -524,7 +527,8 @@ func (s *session) negotiateTLS() error {
 		return fmt.Errorf("TLS handshake: %w: %w", err, io.EOF)
 	}
 	s.conn, s.ssl = tc, true
-	s.be = pgproto3.NewBackend(tc, tc)
+	s.in = &pacedReader{r: tc}
+	s.be = pgproto3.NewBackend(s.in, tc)
 	s.be.SetMaxBodyLen(maxMessageLen)
 	if st := tc.ConnectionState(); len(st.VerifiedChains) > 0 {
 		s.peerCN = st.PeerCertificates[0].Subject.CommonName
@@ -588,4 +592,29 @@ func (s *session) user() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.info.User
+}
+
+// pacedReader spaces out the reads the backend makes when its buffer is
+// empty. A streaming child replies after every write it receives (a
+// walreceiver twice: written, then flushed); read as they come, that is a
+// wakeup and a read call per reply per child, the relay's largest cost after
+// the writes under a load of small commits. Paced, each read takes all the
+// replies that came meanwhile. Nothing waits on children's replies but
+// reporting (lag, slots, the replica feed), which is fresh to within the
+// interval; a reader idle longer than the interval reads at once.
+type pacedReader struct {
+	r        io.Reader
+	interval time.Duration // 0: not paced; set by the session's goroutines only while no read is under way
+	last     time.Time
+}
+
+func (p *pacedReader) Read(b []byte) (int, error) {
+	if p.interval > 0 {
+		if d := p.interval - time.Since(p.last); d > 0 {
+			time.Sleep(d)
+		}
+	}
+	n, err := p.r.Read(b)
+	p.last = time.Now()
+	return n, err
 }

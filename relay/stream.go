@@ -297,8 +297,10 @@ func (s *session) stream(tli walstream.TimeLineID, start walstream.LSN, slot str
 	}()
 
 	recvExited := make(chan struct{})
+	s.in.interval = replyReadInterval
 	go func() {
 		defer close(recvExited)
+		defer func() { s.in.interval = 0 }()
 		st.recvDone <- s.receiveLoop(st, lag, slot)
 	}()
 	// Any return other than CopyDone closes the connection, which ends the
@@ -398,6 +400,10 @@ func (s *session) stream(tli walstream.TimeLineID, start walstream.LSN, slot str
 	}
 }
 
+// replyReadInterval spaces the reads of a streaming child's replies (see
+// pacedReader).
+const replyReadInterval = 10 * time.Millisecond
+
 // catchupLag is how far behind the durable end a child counts as catching
 // up rather than following the tip.
 const catchupLag = 4 << 20
@@ -408,6 +414,7 @@ type walWriter struct {
 	hdrs    []byte // CopyData + XLogData headers, one per message
 	scratch []byte // disk reads land here
 	iov     [][]byte
+	views   []walstream.View // pins on the store's memory behind iov
 	// On a compressed link, whole 'z' messages are built in zout.
 	enc  *walstream.LinkEncoder
 	zout []byte
@@ -433,6 +440,7 @@ func newWALWriter() *walWriter {
 // 1 MiB per write, and returns the new position.
 func (s *session) sendWAL(w *walWriter, tli walstream.TimeLineID, pos, end walstream.LSN) (walstream.LSN, error) {
 	hdrs, iov, used, sent := w.hdrs[:0], w.iov[:0], 0, 0
+	defer w.release()
 	now := walstream.PGTime(time.Now())
 	for pos < end && sent < sendBatch && len(iov) < cap(iov) {
 		stop := end
@@ -441,7 +449,8 @@ func (s *session) sendWAL(w *walWriter, tli walstream.TimeLineID, pos, end walst
 			stop -= stop % walstream.PageSize
 		}
 		scratch := w.scratch[used : used+int(stop-pos)]
-		data, err := s.readWAL(tli, pos, scratch)
+		data, v, err := s.readWAL(tli, pos, scratch)
+		w.views = append(w.views, v)
 		if err != nil {
 			if errors.Is(err, walstream.ErrWALRemoved) {
 				return pos, errorf("58P01", "%s", err.Error())
@@ -496,38 +505,42 @@ func (s *session) sendWAL(w *walWriter, tli walstream.TimeLineID, pos, end walst
 // timeline's file holds the same bytes (PostgreSQL itself reads the switch
 // segment from the new timeline's file), so a relay that started after a
 // switch still serves the old timeline's tail.
-func (s *session) readWAL(tli walstream.TimeLineID, pos walstream.LSN, buf []byte) ([]byte, error) {
+func (s *session) readWAL(tli walstream.TimeLineID, pos walstream.LSN, buf []byte) ([]byte, walstream.View, error) {
 	src := s.srv.cfg.Source
-	data, err := src.Read(tli, pos, buf)
+	data, v, err := src.Read(tli, pos, buf)
 	if errors.Is(err, walstream.ErrCorrupt) {
-		data, err = s.refetchCorrupt(tli, pos, buf, err)
+		v.Release()
+		data, v, err = s.refetchCorrupt(tli, pos, buf, err)
 	}
 	if len(data) > 0 || (err != nil && !errors.Is(err, walstream.ErrWALRemoved)) {
-		return data, err
+		return data, v, err
 	}
+	v.Release()
 	cur, _ := src.DurableEnd()
 	for t := tli + 1; t <= cur; t++ {
-		if d, e := src.Read(t, pos, buf); e == nil && len(d) > 0 {
-			return d, nil
+		d, v, e := src.Read(t, pos, buf)
+		if e == nil && len(d) > 0 {
+			return d, v, nil
 		}
+		v.Release()
 	}
-	return data, err
+	return data, walstream.View{}, err
 }
 
 // refetchCorrupt replaces a segment whose compressed frame failed its
 // checksum with a copy from upstream, then reads again. Damaged bytes are
 // never sent.
-func (s *session) refetchCorrupt(tli walstream.TimeLineID, pos walstream.LSN, buf []byte, cause error) ([]byte, error) {
+func (s *session) refetchCorrupt(tli walstream.TimeLineID, pos walstream.LSN, buf []byte, cause error) ([]byte, walstream.View, error) {
 	s.srv.m.corrupt.Inc()
 	s.log.Error("corrupt WAL in the store; fetching the segment again from upstream", "lsn", pos.String(), "err", cause)
 	if s.srv.cfg.Backfill == nil {
-		return nil, cause
+		return nil, walstream.View{}, cause
 	}
 	id, _ := s.srv.cfg.Source.Identity()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	if err := s.srv.cfg.Backfill.Refetch(ctx, tli, pos.SegmentNo(id.SegmentSize)); err != nil {
-		return nil, errorf("XX001", "WAL at %s is corrupt on this relay and could not be fetched again: %v", pos, err)
+		return nil, walstream.View{}, errorf("XX001", "WAL at %s is corrupt on this relay and could not be fetched again: %v", pos, err)
 	}
 	s.log.Info("segment fetched again after corruption", "lsn", pos.String())
 	return s.srv.cfg.Source.Read(tli, pos, buf)
@@ -567,6 +580,16 @@ func (s *session) writeBatch(bufs *net.Buffers, catchingUp bool) (int64, error) 
 // catchupTurn is how long a catching-up child may hold its turn waiting for
 // its socket.
 const catchupTurn = 20 * time.Millisecond
+
+// release unpins the store memory the last batch was built from: written
+// (or failed), it is no longer referenced.
+func (w *walWriter) release() {
+	for i, v := range w.views {
+		v.Release()
+		w.views[i] = walstream.View{}
+	}
+	w.views = w.views[:0]
+}
 
 // appendCompressed adds one 'z' message for data to w.zout.
 func (w *walWriter) appendCompressed(pos, end walstream.LSN, now int64, data []byte) error {

@@ -68,6 +68,11 @@ func (s *Store) CompactOnce() (int, error) {
 func (s *Store) compactSegment(seg *segment) error {
 	s.mu.Lock()
 	path, f, closed, segSize, raw := seg.path, seg.f, s.closed, s.meta.SegmentSize, seg.mem
+	if seg.buf != nil {
+		pin := View{seg.buf}
+		pin.m.views.Add(1)
+		defer pin.Release()
+	}
 	s.mu.Unlock()
 	if closed {
 		return nil

@@ -39,7 +39,7 @@ func TestCompactedSegmentsReadBack(t *testing.T) {
 	}
 	// A read in the middle of a segment.
 	buf := make([]byte, 5000)
-	got, err := s.Read(1, testSeg+ZFrameSize+77, buf)
+	got, _, err := s.Read(1, testSeg+ZFrameSize+77, buf)
 	if err != nil || !bytes.Equal(got, want[testSeg+ZFrameSize+77:testSeg+ZFrameSize+77+len(got)]) || len(got) == 0 {
 		t.Fatalf("mid-segment read: %d bytes, %v", len(got), err)
 	}
@@ -72,20 +72,20 @@ func TestCorruptFrameDetectedAndReplaced(t *testing.T) {
 		t.Fatal(err)
 	}
 	s.cache.dropSegment(segKey{1, 0})
-	_, err := s.Read(1, testSeg-1000, make([]byte, 1000))
+	_, _, err := s.Read(1, testSeg-1000, make([]byte, 1000))
 	var ce *CorruptError
 	if !errors.As(err, &ce) || !errors.Is(err, ErrCorrupt) || ce.Frame != testSeg/ZFrameSize-1 {
 		t.Fatalf("read of a damaged frame: %v", err)
 	}
 	// Frames before it are intact and still served.
-	if _, err := s.Read(1, 0, make([]byte, 1000)); err != nil {
+	if _, _, err := s.Read(1, 0, make([]byte, 1000)); err != nil {
 		t.Errorf("intact frame: %v", err)
 	}
 	raw := waltest.Generate(testSysID, testSeg, 1, 0, testSeg)
 	if err := s.ReplaceSegment(1, 0, raw); err != nil {
 		t.Fatal(err)
 	}
-	got, err := s.Read(1, testSeg-1000, make([]byte, 1000))
+	got, _, err := s.Read(1, testSeg-1000, make([]byte, 1000))
 	if err != nil || !bytes.Equal(got, raw[testSeg-1000:]) {
 		t.Fatalf("after replacement: %v", err)
 	}

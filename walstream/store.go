@@ -91,6 +91,7 @@ type Store struct {
 	compress bool
 	codec    byte
 	memSegs  []*segment // segments whose bytes are in memory, oldest first
+	retired  []*memBuf  // memory of segments that left the tail, for reuse
 	writer   *segment   // the .partial segment being written, or nil
 	writeTLI TimeLineID
 	writeEnd LSN // end of what was written (not necessarily synced)
@@ -122,7 +123,8 @@ type segment struct {
 	durable  atomic.Int64
 	size     int64     // bytes written (writer only)
 	complete bool      // full size and renamed to its final name
-	mem      []byte    // segment-sized copy while in the memory tail; guarded by Store.mu
+	mem      []byte    // segment-sized copy while in the memory tail (buf.b); guarded by Store.mu
+	buf      *memBuf   // owner of mem, recycled once the segment leaves the tail; guarded by Store.mu
 	z        *zsegment // set when the file is compressed (*.wz); guarded by Store.mu
 }
 
@@ -361,7 +363,8 @@ func (s *Store) openPartial(name string, newest bool) error {
 		// The last segment of a timeline that was switched away from.
 		return nil
 	}
-	seg.mem = make([]byte, s.meta.SegmentSize)
+	seg.buf = s.takeMemBuf()
+	seg.mem = seg.buf.b
 	copy(seg.mem, data[:valid])
 	s.memSegs = append(s.memSegs, seg)
 	return nil

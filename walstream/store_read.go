@@ -32,47 +32,48 @@ func (s *Store) Wait() <-chan struct{} { return s.notify.wait() }
 // crosses a segment boundary and returns 0, nil when nothing past lsn is
 // durable yet. A segment the store does not hold gives a *WALRemovedError.
 func (s *Store) ReadAt(tli TimeLineID, lsn LSN, p []byte) (int, error) {
-	b, err := s.read(tli, lsn, p, -1, false)
+	b, _, err := s.read(tli, lsn, p, -1, false)
 	return len(b), err
 }
 
 // Read is ReadAt without the copy where it can: WAL held in memory comes
-// back as a read-only view of the store's buffer (valid forever: durable
-// bytes never change); otherwise buf is filled from the file. At most
-// len(buf) bytes.
-func (s *Store) Read(tli TimeLineID, lsn LSN, buf []byte) ([]byte, error) {
+// back as a read-only view of the store's buffer, pinned by the View until
+// it is released (durable bytes never change, but the buffer is reused once
+// its segment leaves the memory tail); otherwise buf is filled from the
+// file. At most len(buf) bytes. Release the View, whatever the error.
+func (s *Store) Read(tli TimeLineID, lsn LSN, buf []byte) ([]byte, View, error) {
 	return s.read(tli, lsn, buf, -1, true)
 }
 
 func (s *Store) readAt(tli TimeLineID, lsn LSN, p []byte, limit int64) (int, error) {
-	b, err := s.read(tli, lsn, p, limit, false)
+	b, _, err := s.read(tli, lsn, p, limit, false)
 	return len(b), err
 }
 
 // read reads from segment (tli, lsn) at most limit bytes of the segment
 // (limit < 0: the segment's durable bytes; the writer verifying resent WAL
 // may read its own bytes that are not durable yet).
-func (s *Store) read(tli TimeLineID, lsn LSN, p []byte, limit int64, view bool) ([]byte, error) {
+func (s *Store) read(tli TimeLineID, lsn LSN, p []byte, limit int64, view bool) ([]byte, View, error) {
 	// A segment compressed while a read was under way closes its raw file:
 	// look it up again once.
-	b, err := s.readOnce(tli, lsn, p, limit, view)
+	b, v, err := s.readOnce(tli, lsn, p, limit, view)
 	if errors.Is(err, os.ErrClosed) {
-		b, err = s.readOnce(tli, lsn, p, limit, view)
+		b, v, err = s.readOnce(tli, lsn, p, limit, view)
 	}
 	if errors.Is(err, os.ErrClosed) {
 		s.mu.Lock()
 		segSize := s.meta.SegmentSize
 		s.mu.Unlock()
-		return nil, &WALRemovedError{Segment: SegmentFileName(tli, lsn.SegmentNo(segSize), segSize)}
+		return nil, v, &WALRemovedError{Segment: SegmentFileName(tli, lsn.SegmentNo(segSize), segSize)}
 	}
-	return b, err
+	return b, v, err
 }
 
-func (s *Store) readOnce(tli TimeLineID, lsn LSN, p []byte, limit int64, view bool) ([]byte, error) {
+func (s *Store) readOnce(tli TimeLineID, lsn LSN, p []byte, limit int64, view bool) ([]byte, View, error) {
 	s.mu.Lock()
 	if !s.hasMeta {
 		s.mu.Unlock()
-		return nil, fmt.Errorf("read %s: store has no WAL yet", lsn)
+		return nil, View{}, fmt.Errorf("read %s: store has no WAL yet", lsn)
 	}
 	segSize := s.meta.SegmentSize
 	key := segKey{tli, lsn.SegmentNo(segSize)}
@@ -81,10 +82,38 @@ func (s *Store) readOnce(tli TimeLineID, lsn LSN, p []byte, limit int64, view bo
 	var z *zsegment
 	var f *os.File
 	var path string
+	var pin View
 	if seg != nil {
 		mem, z, f, path = seg.mem, seg.z, seg.f, seg.path
+		if seg.buf != nil {
+			// Pinned under s.mu, so the buffer cannot be reused while
+			// its bytes are read below.
+			pin = View{seg.buf}
+			pin.m.views.Add(1)
+		}
 	}
 	s.mu.Unlock()
+	b, err := s.readSegment(segRead{seg, key, segSize, mem, z, f, path}, tli, lsn, p, limit, view)
+	if view && mem != nil && len(b) > 0 {
+		return b, pin, err
+	}
+	pin.Release()
+	return b, View{}, err
+}
+
+// segRead is what readOnce took from a segment under the lock.
+type segRead struct {
+	seg     *segment // nil: not held
+	key     segKey
+	segSize uint64
+	mem     []byte
+	z       *zsegment
+	f       *os.File
+	path    string
+}
+
+func (s *Store) readSegment(r segRead, tli TimeLineID, lsn LSN, p []byte, limit int64, view bool) ([]byte, error) {
+	seg, key, segSize, mem, z, f, path := r.seg, r.key, r.segSize, r.mem, r.z, r.f, r.path
 	if seg == nil {
 		if tli == TimeLineID(s.durableTLI.Load()) && lsn >= LSN(s.durable.Load()) {
 			return nil, nil // not written yet

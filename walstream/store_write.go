@@ -212,16 +212,19 @@ func (s *Store) newSegment(tli TimeLineID, no uint64) error {
 		f.Close()
 		return fmt.Errorf("sync %s: %w", s.walDir(), err)
 	}
-	seg := &segment{key: segKey{tli, no}, f: f, path: path, mem: make([]byte, s.meta.SegmentSize)}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	buf := s.takeMemBuf()
+	seg := &segment{key: segKey{tli, no}, f: f, path: path, mem: buf.b, buf: buf}
 	s.segs[seg.key] = seg
 	s.writer = seg
 	s.memSegs = append(s.memSegs, seg)
 	// Keep at most the configured tail in memory, but always the writer's.
 	keep := max(1, int((s.tail+s.meta.SegmentSize-1)/s.meta.SegmentSize))
 	for len(s.memSegs) > keep {
-		s.memSegs[0].mem = nil
+		old := s.memSegs[0]
+		s.retireMemBuf(old.buf)
+		old.mem, old.buf = nil, nil
 		s.memSegs = s.memSegs[1:]
 	}
 	return nil
