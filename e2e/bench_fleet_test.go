@@ -47,7 +47,10 @@ import (
 //	go test -run '^$' -bench FiftyStandbys -benchtime 1x -timeout 60m ./e2e/
 //
 // WALRELAY_BENCH_STANDBYS sets the number of standbys (default 50),
-// WALRELAY_FLEET_SECONDS the pgbench duration (default 15) and
+// WALRELAY_FLEET_SECONDS the pgbench duration (default 15),
+// WALRELAY_FLEET_RATE a fixed commit rate for both ways (pgbench -R; by
+// default as fast as it goes, which on a small machine is as fast as 50
+// standbys replaying leave room for, so the ways differ in WAL rate) and
 // WALRELAY_BENCH_RELAY_ARGS extra arguments for the relays.
 func BenchmarkFiftyStandbys(b *testing.B) {
 	requirePG(b)
@@ -121,6 +124,11 @@ func BenchmarkFiftyStandbys(b *testing.B) {
 			rs[j] = fmt.Sprintf("relay %s CPU %.0f ms, peak RSS %.0f MB", r.ID, ms(relayed.relayCPU[j]), relayed.relayHWM[j])
 		}
 		b.Logf("%d standbys, pgbench c4 %s: through 2 relays: %s; %s", n, d, relayed, strings.Join(rs, "; "))
+		for _, r := range relays {
+			h := relayHistogram(b, r, "walrelay_store_fsync_seconds")
+			b.Logf("relay %s: fsync p50 <= %.2f ms, p99 <= %.2f ms, max <= %.1f ms (%d fsyncs)",
+				r.ID, 1000*h.quantile(0.5), 1000*h.quantile(0.99), 1000*h.quantile(1), int(h.count))
+		}
 
 		fleet.point(b, primary, primary.Port) // release the relays before they stop
 		for _, r := range relays {
@@ -224,7 +232,11 @@ func fleetRun(b *testing.B, way string, primary *pgcluster.Cluster, fleet *stand
 	commits0 := xactCommits(b, mon)
 
 	probe.start()
-	loadErr := primary.Pgbench(ctx, 4, d)
+	var rate []string
+	if r := envPositive("WALRELAY_FLEET_RATE", 0); r > 0 {
+		rate = []string{"-R", strconv.Itoa(r)}
+	}
+	loadErr := primary.Pgbench(ctx, 4, d, rate...)
 	lags, worstAt, probeErr := probe.stop()
 	if loadErr != nil {
 		b.Fatal(loadErr)

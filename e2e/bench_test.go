@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -32,6 +33,9 @@ import (
 // replayed.
 //
 //	go test -run '^$' -bench RelayHop -benchtime 1x ./e2e/
+//
+// WALRELAY_BENCH_RELAY_ARGS adds arguments to every relay (e.g.
+// "--sync-delay 200us").
 func BenchmarkRelayHop(b *testing.B) {
 	for depth := 1; depth <= 3; depth++ {
 		b.Run(fmt.Sprintf("relays=%d", depth), func(b *testing.B) { benchHop(b, depth) })
@@ -47,8 +51,11 @@ func benchHop(b *testing.B, depth int) {
 	}
 	upstream := primary.ReplicationConnString()
 	var last *relayProc
+	var relays []*relayProc
 	for i := 1; i <= depth; i++ {
-		last = startRelay(b, fmt.Sprintf("r%d", i), upstream, "--log-level", "info")
+		args := append([]string{"--log-level", "info"}, strings.Fields(os.Getenv("WALRELAY_BENCH_RELAY_ARGS"))...)
+		last = startRelay(b, fmt.Sprintf("r%d", i), upstream, args...)
+		relays = append(relays, last)
 		upstream = last.Conninfo()
 	}
 	standbys := []*pgcluster.Cluster{
@@ -74,6 +81,12 @@ func benchHop(b *testing.B, depth int) {
 		b.ReportMetric(ms(p99-d99), "added-p99-ms")
 		b.Logf("%d relay(s): p50 %.2f ms p99 %.2f ms; direct p50 %.2f p99 %.2f; added p50 %.2f p99 %.2f (%d markers)",
 			depth, ms(p50), ms(p99), ms(d50), ms(d99), ms(p50-d50), ms(p99-d99), len(lags[1]))
+		// Each hop waits for its fsync before it passes WAL on: the floor
+		// of what a hop adds.
+		for _, r := range relays {
+			h := relayHistogram(b, r, "walrelay_store_fsync_seconds")
+			b.Logf("relay %s: fsync p50 <= %.2f ms, p99 <= %.2f ms (%d fsyncs)", r.ID, 1000*h.quantile(0.5), 1000*h.quantile(0.99), int(h.count))
+		}
 	}
 }
 
@@ -419,4 +432,44 @@ func BenchmarkLinkCompression(b *testing.B) {
 		b.Logf("pgbench WAL: plain link %.1f MB for %.1f MB of WAL, zstd link %.1f MB for %.1f MB: %.3f of the plain bytes (%.1fx)",
 			pWire/(1<<20), pRaw/(1<<20), zWire/(1<<20), zRaw/(1<<20), zWire/pWire, zRaw/zWire)
 	}
+}
+
+// histogram is a Prometheus histogram read from /metrics: cumulative counts
+// by upper bound.
+type histogram struct {
+	bounds, counts []float64
+	count          float64
+}
+
+// quantile is the upper bound of the bucket holding quantile q.
+func (h histogram) quantile(q float64) float64 {
+	for i, c := range h.counts {
+		if c >= q*h.count {
+			return h.bounds[i]
+		}
+	}
+	return math.Inf(1)
+}
+
+// relayHistogram reads an unlabelled histogram from the relay's /metrics.
+func relayHistogram(b *testing.B, r *relayProc, name string) histogram {
+	resp, err := http.Get("http://" + r.HTTP + "/metrics")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	var h histogram
+	for _, l := range strings.Split(string(body), "\n") {
+		if rest, ok := strings.CutPrefix(l, name+`_bucket{le="`); ok {
+			le, v, _ := strings.Cut(rest, `"} `)
+			bound, _ := strconv.ParseFloat(le, 64)
+			c, _ := strconv.ParseFloat(v, 64)
+			h.bounds, h.counts = append(h.bounds, bound), append(h.counts, c)
+		}
+		if v, ok := strings.CutPrefix(l, name+"_count "); ok {
+			h.count, _ = strconv.ParseFloat(v, 64)
+		}
+	}
+	return h
 }
