@@ -3,8 +3,6 @@ package e2e
 import (
 	"context"
 	"fmt"
-	"io"
-	"net/http"
 	"os"
 	"strconv"
 	"strings"
@@ -371,13 +369,7 @@ func saveProfileFor(b *testing.B, r *relayProc, path string, d time.Duration) {
 
 // relayMetric reads one unlabelled metric from the relay's /metrics.
 func relayMetric(b *testing.B, r *relayProc, name string) float64 {
-	resp, err := http.Get("http://" + r.HTTP + "/metrics")
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(resp.Body)
-	for _, l := range strings.Split(string(body), "\n") {
+	for _, l := range relayMetricLines(b, r) {
 		if v, ok := strings.CutPrefix(l, name+" "); ok {
 			f, _ := strconv.ParseFloat(v, 64)
 			return f

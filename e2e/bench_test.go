@@ -376,16 +376,23 @@ func saveProfileURL(b *testing.B, url, path string) {
 	io.Copy(f, resp.Body)
 }
 
-// logMetrics logs the relay's metric lines with the given prefixes.
-func logMetrics(b *testing.B, r *relayProc, prefixes ...string) {
+// relayMetricLines fetches the relay's /metrics, a line each.
+func relayMetricLines(b *testing.B, r *relayProc) []string {
 	resp, err := http.Get("http://" + r.HTTP + "/metrics")
 	if err != nil {
-		b.Log(err)
-		return
+		b.Fatal(err)
 	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	for _, l := range strings.Split(string(body), "\n") {
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return strings.Split(string(body), "\n")
+}
+
+// logMetrics logs the relay's metric lines with the given prefixes.
+func logMetrics(b *testing.B, r *relayProc, prefixes ...string) {
+	for _, l := range relayMetricLines(b, r) {
 		for _, p := range prefixes {
 			if strings.HasPrefix(l, p) {
 				b.Log(l)
@@ -453,14 +460,8 @@ func (h histogram) quantile(q float64) float64 {
 
 // relayHistogram reads an unlabelled histogram from the relay's /metrics.
 func relayHistogram(b *testing.B, r *relayProc, name string) histogram {
-	resp, err := http.Get("http://" + r.HTTP + "/metrics")
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(resp.Body)
 	var h histogram
-	for _, l := range strings.Split(string(body), "\n") {
+	for _, l := range relayMetricLines(b, r) {
 		if rest, ok := strings.CutPrefix(l, name+`_bucket{le="`); ok {
 			le, v, _ := strings.Cut(rest, `"} `)
 			bound, _ := strconv.ParseFloat(le, 64)
