@@ -122,6 +122,8 @@ type segment struct {
 	// served. Published after fsync.
 	durable  atomic.Int64
 	size     int64     // bytes written (writer only)
+	flushed  int64     // bytes of size written to the file (writer only; see Store.flush)
+	filled   bool      // the file is zero-filled to full size (writer only)
 	complete bool      // full size and renamed to its final name
 	mem      []byte    // segment-sized copy while in the memory tail (buf.b); guarded by Store.mu
 	buf      *memBuf   // owner of mem, recycled once the segment leaves the tail; guarded by Store.mu
@@ -330,12 +332,14 @@ func (s *Store) openPartial(name string, newest bool) error {
 	if valid < len(data) && !allZero(data[valid:]) {
 		s.log.Warn("truncating torn WAL tail", "segment", name, "size", len(data), "valid", valid)
 	}
+	filled := false
 	if newest {
 		// Writing resumes here: zero what follows the valid WAL, to the
 		// full size, as in a new segment.
 		// On a full disk, cut it instead: appends then grow the file,
 		// which is as durable, only dearer to sync.
 		err := zeroRange(f, int64(valid), int64(s.meta.SegmentSize))
+		filled = err == nil
 		if IsNoSpace(err) {
 			s.log.Warn("no space to zero-fill the rest of the newest segment; it grows as it is written", "segment", name, "err", err)
 			err = f.Truncate(int64(valid))
@@ -353,7 +357,7 @@ func (s *Store) openPartial(name string, newest bool) error {
 		f.Close()
 		return fmt.Errorf("sync segment %s: %w", name, err)
 	}
-	seg := &segment{key: segKey{tli, no}, f: f, path: path, size: int64(valid)}
+	seg := &segment{key: segKey{tli, no}, f: f, path: path, size: int64(valid), flushed: int64(valid), filled: filled}
 	seg.durable.Store(int64(valid))
 	s.segs[seg.key] = seg
 	if uint64(valid) == s.meta.SegmentSize {
@@ -449,7 +453,10 @@ func (s *Store) Close() error {
 		if seg == s.writer {
 			// Cut the zero fill off, so that reopening finds the exact end
 			// by the file's size (see openPartial).
-			err := seg.f.Truncate(seg.size)
+			err := s.flush(seg)
+			if err == nil {
+				err = seg.f.Truncate(seg.size)
+			}
 			if err == nil {
 				err = seg.f.Sync()
 			}

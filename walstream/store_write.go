@@ -60,6 +60,9 @@ func (s *Store) SwitchTimeline(tli TimeLineID, switchPoint LSN) error {
 		return fmt.Errorf("switch to timeline %d at %s: store ends at %s on timeline %d", tli, switchPoint, s.writeEnd, s.writeTLI)
 	}
 	if w := s.writer; w != nil {
+		if err := s.flush(w); err != nil {
+			return err
+		}
 		if err := datasync(w.f); err != nil {
 			return &SyncError{fmt.Errorf("sync segment %s: %w", w.path, err)}
 		}
@@ -111,8 +114,15 @@ func (s *Store) Write(tli TimeLineID, lsn LSN, data []byte) error {
 		seg := s.writer
 		off := lsn.SegmentOffset(segSize)
 		n := min(uint64(len(data)), segSize-off)
-		if _, err := seg.f.WriteAt(data[:n], int64(off)); err != nil {
-			return fmt.Errorf("write segment %s at %s: %w", seg.path, lsn, err)
+		// A zero-filled segment's file is written from its memory copy
+		// once per sync (flush), in one piece instead of one per message;
+		// one that grows is written as it comes, so that a full disk shows
+		// here.
+		if !seg.filled || seg.mem == nil {
+			if _, err := seg.f.WriteAt(data[:n], int64(off)); err != nil {
+				return fmt.Errorf("write segment %s at %s: %w", seg.path, lsn, err)
+			}
+			seg.flushed = int64(off + n)
 		}
 		s.mu.Lock()
 		if seg.mem != nil {
@@ -131,8 +141,25 @@ func (s *Store) Write(tli TimeLineID, lsn LSN, data []byte) error {
 	return nil
 }
 
+// flush writes what the segment's memory copy holds beyond its file.
+func (s *Store) flush(seg *segment) error {
+	if seg.flushed >= seg.size {
+		return nil
+	}
+	// The writer's segment is in the memory tail, and only the writer
+	// changes these bytes: no lock needed to read them.
+	if _, err := seg.f.WriteAt(seg.mem[seg.flushed:seg.size], seg.flushed); err != nil {
+		return fmt.Errorf("write segment %s at offset %d: %w", seg.path, seg.flushed, err)
+	}
+	seg.flushed = seg.size
+	return nil
+}
+
 // finishSegment makes a full segment durable and gives it its final name.
 func (s *Store) finishSegment(seg *segment) error {
+	if err := s.flush(seg); err != nil {
+		return err
+	}
 	if err := datasync(seg.f); err != nil {
 		return &SyncError{fmt.Errorf("sync segment %s: %w", seg.path, err)}
 	}
@@ -181,6 +208,9 @@ func (s *Store) verifyHeld(tli TimeLineID, lsn LSN, data []byte) error {
 // readers. It returns that end.
 func (s *Store) Sync() (LSN, error) {
 	if seg := s.writer; seg != nil && seg.durable.Load() != seg.size {
+		if err := s.flush(seg); err != nil {
+			return LSN(s.durable.Load()), err
+		}
 		if err := datasync(seg.f); err != nil {
 			return LSN(s.durable.Load()), &SyncError{fmt.Errorf("sync segment %s: %w", seg.path, err)}
 		}
@@ -215,7 +245,7 @@ func (s *Store) newSegment(tli TimeLineID, no uint64) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	buf := s.takeMemBuf()
-	seg := &segment{key: segKey{tli, no}, f: f, path: path, mem: buf.b, buf: buf}
+	seg := &segment{key: segKey{tli, no}, f: f, path: path, mem: buf.b, buf: buf, filled: true}
 	s.segs[seg.key] = seg
 	s.writer = seg
 	s.memSegs = append(s.memSegs, seg)

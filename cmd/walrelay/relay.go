@@ -300,7 +300,7 @@ func newRelayNode(f relayFlags, log *slog.Logger) (_ *relayNode, err error) {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	tail := st.tail
-	if n.store, err = walstream.OpenStore(f.dataDir, walstream.StoreOptions{Logger: log, Compress: f.storeCompress != "off", Codec: f.storeCompress, TailBytes: tail}); err != nil {
+	if n.store, err = walstream.OpenStore(f.dataDir, storeOptions(f.storeCompress, tail, log)); err != nil {
 		return nil, err
 	}
 	defer func() {
@@ -613,4 +613,14 @@ func (n *relayNode) reload() error {
 	n.log.Info("reloaded", "log_level", lv.String(), "access_rules", f.accessRules, "rules", len(rules),
 		"retain", f.retain, "max_retained_size", f.maxRetained, "tls", n.tls != nil)
 	return nil
+}
+
+// storeOptions are the store's options for --store-compression and the
+// memory tail.
+func storeOptions(compression string, tail uint64, log *slog.Logger) walstream.StoreOptions {
+	o := walstream.StoreOptions{Logger: log, TailBytes: tail}
+	if compression != "off" {
+		o.Compress, o.Codec = true, compression
+	}
+	return o
 }
