@@ -80,7 +80,7 @@ func benchOLTP(b *testing.B, standbys, clients int) {
 		if p := os.Getenv("WALRELAY_PROFILE"); p != "" {
 			go saveProfileFor(b, relay, strings.ReplaceAll(p, "NAME", strings.ReplaceAll(b.Name(), "/", "-")), d-2*time.Second)
 		}
-		feeding := walsenderPIDs(b, primary) // only the relay's walsender now
+		feeding := walsenderPIDs(b, primary, relay.ID)
 		relayPID := relay.cmd.Process.Pid
 		relayed := oltpRun(b, primary, fleet, d, func() []int { return append([]int{relayPID}, feeding...) })
 		dPer := direct.cpu.Seconds() * 1000 / direct.mb
