@@ -3,7 +3,7 @@ BIN := bin/walrelay
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: build test unit e2e bench fuzz soak demo vet clean
+.PHONY: build test unit e2e bench fuzz soak demo vet clean pg-majors
 
 build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/walrelay
@@ -11,6 +11,11 @@ build:
 # The whole suite: vet, unit tests with the race detector, e2e against real PostgreSQL.
 test: vet
 	$(GO) test -race -count=1 -timeout 20m ./...
+
+# Server binaries of the other PostgreSQL majors the e2e matrix runs
+# (14, 16, 17, 18; npm), into $WALRELAY_PG_MAJORS_DIR or /var/cache/walrelay/pg.
+pg-majors:
+	bash scripts/pg-majors.sh
 
 unit:
 	$(GO) test -race -count=1 -short ./...

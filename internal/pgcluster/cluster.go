@@ -443,3 +443,12 @@ func (c *Cluster) Clone(ctx context.Context, opts Options) (*Cluster, error) {
 	}
 	return n, nil
 }
+
+// SetStandby makes the (stopped) cluster a standby streaming from
+// primaryConninfo when it next starts: standby.signal and primary_conninfo.
+func (c *Cluster) SetStandby(primaryConninfo string) error {
+	if err := c.writeOwned(filepath.Join(c.DataDir, "standby.signal"), "", false); err != nil {
+		return err
+	}
+	return c.SetConf(map[string]string{"primary_conninfo": primaryConninfo})
+}
