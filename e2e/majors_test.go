@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -186,4 +187,59 @@ func readWALRange(t *testing.T, conninfo string, start, end uint64) []byte {
 		}
 	}
 	return out
+}
+
+// After pg_upgrade the upstream is another major on another system
+// identifier: a relay whose store holds the old cluster's WAL refuses it,
+// naming both system identifiers and both versions, and keeps its own.
+func TestRelayRefusesUpstreamOfAnotherMajor(t *testing.T) {
+	requirePG(t)
+	bins, _ := pgcluster.MajorBinDirs("")
+	bin, ok := bins[17]
+	if !ok {
+		if os.Getenv("WALRELAY_REQUIRE_PG_MAJORS") == "1" {
+			t.Fatal("WALRELAY_REQUIRE_PG_MAJORS=1: PostgreSQL 17 server binaries not found (run scripts/pg-majors.sh)")
+		}
+		t.Skip("PostgreSQL 17 server binaries not found: scripts/pg-majors.sh installs them (WALRELAY_REQUIRE_PG_MAJORS=1 makes this a failure)")
+	}
+	old := newPrimary(t, "old", nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	upgraded, err := pgcluster.InitPrimary(ctx, pgcluster.Options{BinDir: bin, BaseDir: clusterBase(t), Name: "upgraded"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	startCluster(t, upgraded)
+	relay := startRelay(t, "r1", old.ReplicationConnString())
+	waitFor(t, 30*time.Second, "relay streaming from the old primary", func() (bool, error) {
+		up, _ := relay.Status(t)["upstream"].(map[string]any)
+		return up["state"] == "streaming", nil
+	})
+	sysOld, _ := relay.Status(t)["system_id"].(string)
+	relay.stop(t)
+	relay.args = replaceArg(relay.args, "--upstream", upgraded.ReplicationConnString())
+	relay.Restart(t)
+	var up map[string]any
+	waitFor(t, 30*time.Second, "relay refusing the upgraded primary", func() (bool, error) {
+		up, _ = relay.Status(t)["upstream"].(map[string]any)
+		return up["state"] == "refused", nil
+	})
+	var sysNew string
+	conn, err := upgraded.Connect(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	if err := conn.QueryRow(ctx, "SELECT system_identifier::text FROM pg_control_system()").Scan(&sysNew); err != nil {
+		t.Fatal(err)
+	}
+	msg, _ := up["last_error"].(string)
+	for _, want := range []string{sysOld, sysNew, "PostgreSQL 17.", "PostgreSQL 15."} {
+		if !strings.Contains(msg, want) {
+			t.Errorf("refusal %q does not name %s", msg, want)
+		}
+	}
+	if v := serverVersion(t, relay.Conninfo()); walstream.MajorVersion(v) != 15 {
+		t.Errorf("relay now announces server_version %q", v)
+	}
 }

@@ -29,11 +29,32 @@ type Identity struct {
 // cluster the relay was pointed at.
 type IdentityMismatchError struct {
 	Store, Upstream Identity
+	// StoreVersion and UpstreamVersion are the server_version the store's
+	// WAL came from and the upstream's ("" when unknown).
+	StoreVersion, UpstreamVersion string
 }
 
 func (e *IdentityMismatchError) Error() string {
-	return fmt.Sprintf("upstream has system identifier %d and WAL segment size %d, the store holds WAL of system identifier %d with segment size %d",
+	msg := fmt.Sprintf("upstream has system identifier %d and WAL segment size %d, the store holds WAL of system identifier %d with segment size %d",
 		e.Upstream.SystemID, e.Upstream.SegmentSize, e.Store.SystemID, e.Store.SegmentSize)
+	if e.StoreVersion != "" && e.UpstreamVersion != "" && MajorVersion(e.StoreVersion) != MajorVersion(e.UpstreamVersion) {
+		msg += fmt.Sprintf(" (upstream is PostgreSQL %s, the store's WAL came from PostgreSQL %s: WAL of one major cannot continue another's; after pg_upgrade, give the relay a new --data-dir)",
+			e.UpstreamVersion, e.StoreVersion)
+	}
+	return msg
+}
+
+// MajorVersion is the major of a server_version: 15 for "15.18 (Debian
+// 15.18-0+deb12u1)", 18 for "18.4"; 0 when there is none.
+func MajorVersion(serverVersion string) int {
+	n := 0
+	for _, c := range serverVersion {
+		if c < '0' || c > '9' {
+			break
+		}
+		n = n*10 + int(c-'0')
+	}
+	return n
 }
 
 // ErrWALRemoved is matched (errors.Is) by every WALRemovedError.
@@ -419,8 +440,8 @@ func (s *Store) ServerVersion() string {
 func (s *Store) Bind(id Identity, serverVersion string) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.hasMeta && s.meta.Identity != id {
-		return &IdentityMismatchError{Store: s.meta.Identity, Upstream: id}
+	if s.hasMeta && (s.meta.Identity != id || differentMajors(s.meta.ServerVersion, serverVersion)) {
+		return &IdentityMismatchError{Store: s.meta.Identity, Upstream: id, StoreVersion: s.meta.ServerVersion, UpstreamVersion: serverVersion}
 	}
 	if !ValidSegmentSize(id.SegmentSize) {
 		return fmt.Errorf("invalid WAL segment size %d", id.SegmentSize)
@@ -492,4 +513,9 @@ func (n *notifier) broadcast() {
 	close(n.ch)
 	n.ch = make(chan struct{})
 	n.mu.Unlock()
+}
+
+// differentMajors reports two known server versions of different majors.
+func differentMajors(a, b string) bool {
+	return MajorVersion(a) != 0 && MajorVersion(b) != 0 && MajorVersion(a) != MajorVersion(b)
 }

@@ -164,6 +164,32 @@ func TestStoreIdentity(t *testing.T) {
 	if err := s.Bind(Identity{SystemID: testSysID, SegmentSize: 2 * testSeg}, "15.18"); !errors.As(err, &mm) {
 		t.Errorf("Bind with another segment size: %v", err)
 	}
+	// After pg_upgrade: another system id and another major, both named.
+	err = s.Bind(Identity{SystemID: 43, SegmentSize: testSeg}, "17.10")
+	for _, want := range []string{"43", "7300000000000000001", "PostgreSQL 17.10", "PostgreSQL 15.18"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("error %v does not name %s", err, want)
+		}
+	}
+	// Another major on the same system id is refused too; a minor update
+	// is not.
+	if err := s.Bind(testID, "16.2"); !errors.As(err, &mm) {
+		t.Errorf("Bind with another major: %v", err)
+	}
+	if err := s.Bind(testID, "15.19 (Debian 15.19-1)"); err != nil {
+		t.Errorf("Bind after a minor update: %v", err)
+	}
+	if s.ServerVersion() != "15.19 (Debian 15.19-1)" {
+		t.Errorf("server version after a minor update: %q", s.ServerVersion())
+	}
+}
+
+func TestMajorVersion(t *testing.T) {
+	for v, want := range map[string]int{"15.18 (Debian 15.18-0+deb12u1)": 15, "18.4": 18, "14.23": 14, "": 0, "devel": 0} {
+		if got := MajorVersion(v); got != want {
+			t.Errorf("MajorVersion(%q) = %d, want %d", v, got, want)
+		}
+	}
 }
 
 func TestStoreRecoversAfterCrash(t *testing.T) {
