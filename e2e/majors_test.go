@@ -3,8 +3,12 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"fmt"
+	"net"
 	"os"
+	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -127,6 +131,7 @@ func coreScenario(t *testing.T, bin string) {
 			t.Errorf("relay %s reports server_version %q, its upstream %q", r.ID, got, want)
 		}
 	}
+	negotiationMatches(t, fmt.Sprintf("127.0.0.1:%d", primary.Port), r2.Listen)
 	t.Logf("%s: standbys converged, %d bytes of WAL through two relays byte-identical, server_version %s",
 		bin, len(fromPrimary), want)
 }
@@ -241,5 +246,76 @@ func TestRelayRefusesUpstreamOfAnotherMajor(t *testing.T) {
 	}
 	if v := serverVersion(t, relay.Conninfo()); walstream.MajorVersion(v) != 15 {
 		t.Errorf("relay now announces server_version %q", v)
+	}
+}
+
+// startupReply is what a server answers a startup packet with, as far as
+// protocol negotiation goes.
+type startupReply struct {
+	Negotiated   bool
+	NewestMinor  uint32
+	Unrecognized []string
+	KeyLen       int
+	Error        string
+}
+
+// answerStartup sends a StartupMessage of protocol 3.minor with params to
+// addr and reads the answer up to ReadyForQuery or an error.
+func answerStartup(t *testing.T, addr string, minor uint32, params ...string) startupReply {
+	t.Helper()
+	b := binary.BigEndian.AppendUint32(make([]byte, 4), 3<<16|minor)
+	for _, p := range params {
+		b = append(append(b, p...), 0)
+	}
+	b = append(b, 0)
+	binary.BigEndian.PutUint32(b, uint32(len(b)))
+	nc, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	nc.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := nc.Write(b); err != nil {
+		t.Fatal(err)
+	}
+	fe := pgproto3.NewFrontend(nc, nc)
+	var r startupReply
+	for {
+		msg, err := fe.Receive()
+		if err != nil {
+			t.Fatalf("startup 3.%d to %s: %v", minor, addr, err)
+		}
+		switch m := msg.(type) {
+		case *pgproto3.NegotiateProtocolVersion:
+			r.Negotiated, r.NewestMinor, r.Unrecognized = true, m.NewestMinorProtocol, slices.Clone(m.UnrecognizedOptions)
+		case *pgproto3.BackendKeyData:
+			r.KeyLen = len(m.SecretKey)
+		case *pgproto3.ErrorResponse:
+			r.Error = m.Message
+			return r
+		case *pgproto3.ReadyForQuery:
+			return r
+		}
+	}
+}
+
+// negotiationMatches checks that a relay answers protocol negotiation as
+// the PostgreSQL server it relays does.
+func negotiationMatches(t *testing.T, server, relay string) {
+	t.Helper()
+	user := []string{"user", "postgres", "replication", "true"}
+	for _, c := range []struct {
+		minor  uint32
+		params []string
+	}{
+		{0, user},
+		{2, user},
+		{2, append(slices.Clone(user), "_pq_.walrelay_test", "1")},
+		{9, user},
+	} {
+		want, got := answerStartup(t, server, c.minor, c.params...), answerStartup(t, relay, c.minor, c.params...)
+		if !reflect.DeepEqual(want, got) {
+			t.Errorf("startup 3.%d %v: the relay answers %+v, the server %+v", c.minor, c.params, got, want)
+		}
 	}
 }

@@ -44,12 +44,18 @@ func newFixture(t testing.TB, start walstream.LSN) *fixture {
 
 func newFixtureWith(t testing.TB, start walstream.LSN, opts walstream.StoreOptions, configure ...func(*Config)) *fixture {
 	t.Helper()
+	return newFixtureOf(t, "15.18", start, opts, configure...)
+}
+
+// newFixtureOf is a relay whose upstream is serverVersion.
+func newFixtureOf(t testing.TB, serverVersion string, start walstream.LSN, opts walstream.StoreOptions, configure ...func(*Config)) *fixture {
+	t.Helper()
 	dir := t.TempDir()
 	store, err := walstream.OpenStore(filepath.Join(dir, "store"), opts)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := store.Bind(walstream.Identity{SystemID: testSysID, SegmentSize: testSeg}, "15.18"); err != nil {
+	if err := store.Bind(walstream.Identity{SystemID: testSysID, SegmentSize: testSeg}, serverVersion); err != nil {
 		t.Fatal(err)
 	}
 	if err := store.StartAt(1, start); err != nil {

@@ -41,7 +41,8 @@ type session struct {
 	pid    int32
 	log    *slog.Logger
 
-	compress bool // the client asked for a zstd link and was told yes
+	compress   bool   // the client asked for a zstd link and was told yes
+	protoMinor uint32 // protocol 3.protoMinor in use, after negotiation
 	// catchupLimit bounds what this child is sent while far behind.
 	catchupLimit *rate.Limiter
 
@@ -112,9 +113,15 @@ func (s *session) startup() error {
 	s.conn.SetDeadline(time.Now().Add(s.srv.cfg.StartupTimeout))
 	defer func() { s.conn.SetDeadline(time.Time{}) }()
 	var sm *pgproto3.StartupMessage
+	var minor uint32 // the protocol minor the client asked for
 	for sm == nil {
-		msg, err := s.be.ReceiveStartupMessage()
+		msg, m, err := readStartupPacket(s.in)
+		minor = m
 		if err != nil {
+			var pe *PGError
+			if errors.As(err, &pe) {
+				return pe
+			}
 			if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
 				return io.EOF
 			}
@@ -138,6 +145,9 @@ func (s *session) startup() error {
 		case *pgproto3.StartupMessage:
 			sm = msg
 		}
+	}
+	if err := s.negotiateProtocol(sm, minor); err != nil {
+		return err
 	}
 	user := sm.Parameters["user"]
 	if user == "" {
@@ -175,9 +185,14 @@ func (s *session) startup() error {
 	if s.compress {
 		s.be.Send(&pgproto3.ParameterStatus{Name: walstream.CompressionParam, Value: walstream.CompressionZstd})
 	}
-	var secret [4]byte
-	rand.Read(secret[:])
-	s.be.Send(&pgproto3.BackendKeyData{ProcessID: uint32(s.pid), SecretKey: secret[:]})
+	// Protocol 3.2 has variable-length cancel keys; PostgreSQL 18 sends 32
+	// bytes.
+	secret := make([]byte, 4)
+	if s.protoMinor >= 2 {
+		secret = make([]byte, 32)
+	}
+	rand.Read(secret)
+	s.be.Send(&pgproto3.BackendKeyData{ProcessID: uint32(s.pid), SecretKey: secret})
 	s.be.Send(&pgproto3.ReadyForQuery{TxStatus: 'I'})
 	return s.be.Flush()
 }
