@@ -132,6 +132,13 @@ func coreScenario(t *testing.T, bin string) {
 		}
 	}
 	negotiationMatches(t, fmt.Sprintf("127.0.0.1:%d", primary.Port), r2.Listen)
+	// READ_REPLICATION_SLOT (PostgreSQL 15 on) is served from the relay's
+	// own slots whatever the upstream's major.
+	createRelaySlot(t, r2, "matrix_slot")
+	rows := replicationQuery(t, r2.Conninfo(), "READ_REPLICATION_SLOT matrix_slot")
+	if len(rows) != 1 || string(rows[0][0]) != "physical" || len(rows[0][1]) == 0 {
+		t.Errorf("READ_REPLICATION_SLOT on the relay: %q", rows)
+	}
 	t.Logf("%s: standbys converged, %d bytes of WAL through two relays byte-identical, server_version %s",
 		bin, len(fromPrimary), want)
 }
@@ -318,4 +325,22 @@ func negotiationMatches(t *testing.T, server, relay string) {
 			t.Errorf("startup 3.%d %v: the relay answers %+v, the server %+v", c.minor, c.params, got, want)
 		}
 	}
+}
+
+// replicationQuery runs a replication command and returns its rows.
+func replicationQuery(t *testing.T, conninfo, cmd string) [][][]byte {
+	t.Helper()
+	conn, err := pgconn.Connect(context.Background(), conninfo+" replication=true")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	res, err := conn.Exec(context.Background(), cmd).ReadAll()
+	if err != nil {
+		t.Fatalf("%s: %v", cmd, err)
+	}
+	if len(res) != 1 {
+		t.Fatalf("%s: %d results", cmd, len(res))
+	}
+	return res[0].Rows
 }
