@@ -2,6 +2,7 @@ package relay
 
 import (
 	"errors"
+	"fmt"
 	"strconv"
 	"strings"
 
@@ -21,7 +22,13 @@ const (
 	CmdDropReplicationSlot               // DROP_REPLICATION_SLOT s [WAIT]
 	CmdStartReplication                  // START_REPLICATION [SLOT s] [PHYSICAL | LOGICAL] X/X ...
 	CmdBaseBackup                        // BASE_BACKUP [options]: only the raw text matters
+	CmdAlterReplicationSlot              // ALTER_REPLICATION_SLOT s (options): PostgreSQL 17 on
+	CmdUploadManifest                    // UPLOAD_MANIFEST: PostgreSQL 17 on
 )
+
+// LatestMajor is the newest PostgreSQL major whose replication grammar the
+// parser knows; ParseCommand parses with it.
+const LatestMajor = 18
 
 // Command is one parsed replication command.
 type Command struct {
@@ -45,7 +52,8 @@ var ErrEmptyQuery = errors.New("empty query")
 const maxIdentifierLen = 63
 
 // replKeywords are the keywords of a PostgreSQL 15 repl_scanner.l: upper case
-// only, matched case-sensitively; any other word is an identifier.
+// only, matched case-sensitively; any other word is an identifier. Those of
+// later majors are in keywordSince.
 var replKeywords = map[string]bool{
 	"BASE_BACKUP": true, "IDENTIFY_SYSTEM": true, "READ_REPLICATION_SLOT": true, "SHOW": true,
 	"TIMELINE": true, "START_REPLICATION": true, "CREATE_REPLICATION_SLOT": true,
@@ -54,8 +62,16 @@ var replKeywords = map[string]bool{
 	"NOEXPORT_SNAPSHOT": true, "USE_SNAPSHOT": true, "WAIT": true,
 }
 
+// keywordSince holds the keywords later majors added, with the first major
+// that has them: before it they are identifiers.
+var keywordSince = map[string]int{
+	"ALTER_REPLICATION_SLOT": 17, "UPLOAD_MANIFEST": 17,
+}
+
 // commandKeywords are the keywords that may start a replication command.
 var commandKeywords = map[string]CommandKind{
+	"ALTER_REPLICATION_SLOT":  CmdAlterReplicationSlot,
+	"UPLOAD_MANIFEST":         CmdUploadManifest,
 	"IDENTIFY_SYSTEM":         CmdIdentifySystem,
 	"TIMELINE_HISTORY":        CmdTimelineHistory,
 	"SHOW":                    CmdShow,
@@ -66,18 +82,28 @@ var commandKeywords = map[string]CommandKind{
 	"BASE_BACKUP":             CmdBaseBackup,
 }
 
-// ParseCommand parses one query received in a simple Query message on a
-// physical replication connection. Errors are *PGError (SQLSTATE 42601 for
+// ParseCommand parses one query with the grammar of LatestMajor.
+func ParseCommand(query string) (Command, error) {
+	return ParseCommandFor(query, LatestMajor)
+}
+
+// ParseCommandFor parses one query received in a simple Query message on a
+// physical replication connection with the replication grammar of the given
+// PostgreSQL major (14 on; 0 means LatestMajor), so that a relay answers as
+// its upstream's walsender does. Errors are *PGError (SQLSTATE 42601 for
 // syntax, 0A000 for anything that is not a replication command) or
 // ErrEmptyQuery.
 //
 // Like the walsender, it looks only at the first token to decide whether the
 // query is a replication command, so any SQL gets 0A000 whatever follows.
-func ParseCommand(query string) (Command, error) {
+func ParseCommandFor(query string, major int) (Command, error) {
 	if strings.Trim(query, " \t\n\r\f\v;") == "" {
 		return Command{}, ErrEmptyQuery
 	}
-	p := &parser{lex: lexer{q: query}}
+	if major == 0 {
+		major = LatestMajor
+	}
+	p := &parser{lex: lexer{q: query, major: major}, major: major}
 	first, err := p.next()
 	if err != nil {
 		return Command{}, err
@@ -114,6 +140,9 @@ func (p *parser) command(cmd *Command) error {
 		}
 	case CmdCreateReplicationSlot:
 		return p.createSlot(cmd)
+	case CmdAlterReplicationSlot:
+		return p.alterSlot(cmd)
+	case CmdUploadManifest:
 	case CmdStartReplication:
 		return p.startReplication(cmd)
 	}
@@ -138,7 +167,46 @@ func (p *parser) createSlot(cmd *Command) error {
 		return err
 	}
 	// Like the walsender: options are checked once the command has parsed.
-	return applySlotOptions(cmd, opts)
+	return applySlotOptions(cmd, opts, p.major)
+}
+
+// alterSlot parses the rest of ALTER_REPLICATION_SLOT IDENT '('
+// generic_option_list ')' and checks the options as
+// ParseAlterReplSlotOptions does, before the slot is looked up.
+func (p *parser) alterSlot(cmd *Command) error {
+	var err error
+	if cmd.Slot, err = p.ident(); err != nil {
+		return err
+	}
+	t, err := p.next()
+	if err != nil {
+		return err
+	}
+	if !t.isChar('(') {
+		return syntaxError(t)
+	}
+	opts, err := p.genericOptions()
+	if err == nil {
+		err = p.end()
+	}
+	if err != nil {
+		return err
+	}
+	given := map[string]bool{}
+	for _, o := range opts {
+		known := o.name == "failover" || o.name == "two_phase" && p.major >= 18
+		if !known {
+			return errorf("XX000", "unrecognized option: %s", o.name)
+		}
+		if given[o.name] {
+			return errorf("42601", "conflicting or redundant options")
+		}
+		given[o.name] = true
+		if _, ok := o.boolean(); !ok {
+			return errorf("42601", "%s requires a Boolean value", o.name)
+		}
+	}
+	return nil
 }
 
 func (p *parser) createSlotArgs(cmd *Command) ([]slotOption, error) {
@@ -162,11 +230,15 @@ func (p *parser) createSlotArgs(cmd *Command) ([]slotOption, error) {
 	default:
 		return nil, syntaxError(t)
 	}
-	paren, err := p.acceptChar('(')
+	t, err = p.peek()
 	switch {
 	case err != nil:
 		return nil, err
-	case paren:
+	case t.isChar('(') && p.major < 15:
+		// The parenthesized options came with PostgreSQL 15.
+		return nil, syntaxError(t)
+	case t.isChar('('):
+		p.take()
 		return p.genericOptions()
 	}
 	return p.legacySlotOptions()
@@ -376,10 +448,11 @@ func (p *parser) legacySlotOptions() ([]slotOption, error) {
 }
 
 // applySlotOptions checks the options of a physical slot as the walsender
-// does (parseCreateReplSlotOptions): reserve_wal is the only one, the
-// logical-only ones conflict, anything else is unknown. Logical slots are
-// refused by the server, so their options are not looked at.
-func applySlotOptions(cmd *Command, opts []slotOption) error {
+// of the major does (parseCreateReplSlotOptions): reserve_wal is the only
+// one, the logical-only ones (failover from 17 on) conflict, anything else is
+// unknown. Logical slots are refused by the server, so their options are not
+// looked at.
+func applySlotOptions(cmd *Command, opts []slotOption, major int) error {
 	if cmd.Logical {
 		return nil
 	}
@@ -398,6 +471,11 @@ func applySlotOptions(cmd *Command, opts []slotOption) error {
 			cmd.ReserveWAL = v
 		case "snapshot", "two_phase":
 			return errorf("42601", "conflicting or redundant options")
+		case "failover":
+			if major >= 17 {
+				return errorf("42601", "conflicting or redundant options")
+			}
+			return errorf("XX000", "unrecognized option: %s", o.name)
 		default:
 			// An elog in the walsender, hence XX000.
 			return errorf("XX000", "unrecognized option: %s", o.name)
@@ -434,6 +512,7 @@ func (o slotOption) boolean() (bool, bool) {
 // lookahead; tokens are lexed only as the grammar reaches them, so a lexical
 // error after a syntax error is never reported, as with bison.
 type parser struct {
+	major   int
 	lex     lexer
 	ahead   token
 	hasNext bool
@@ -518,11 +597,15 @@ func (p *parser) end() error {
 	return nil
 }
 
+// syntaxError is the walsender's bare "syntax error" (every major, 14 to
+// 18); where it is goes in the detail, which the server does not send.
 func syntaxError(t token) *PGError {
-	if t.kind == tokEOF {
-		return errorf("42601", "syntax error at end of input")
+	e := errorf("42601", "syntax error")
+	e.Detail = "at end of input"
+	if t.kind != tokEOF {
+		e.Detail = fmt.Sprintf("at or near \"%s\"", t.raw)
 	}
-	return errorf("42601", "syntax error at or near \"%s\"", t.raw)
+	return e
 }
 
 type tokKind int
@@ -551,8 +634,9 @@ func (t token) isChar(c byte) bool       { return t.kind == tokChar && t.text[0]
 // match wins, so "0/3000000" and even "abc/1" are LSNs, "SHOWx" is an
 // identifier, and a byte it does not know is a token of its own.
 type lexer struct {
-	q   string
-	pos int
+	q     string
+	pos   int
+	major int
 }
 
 func (l *lexer) next() (token, error) {
@@ -588,7 +672,7 @@ func (l *lexer) next() (token, error) {
 	case isIdentStart(c):
 		l.pos = scan(l.q, start, isIdentCont)
 		word := l.q[start:l.pos]
-		if replKeywords[word] {
+		if since, ok := keywordSince[word]; replKeywords[word] || ok && l.major >= since {
 			return token{kind: tokKeyword, text: word, raw: word}, nil
 		}
 		return token{kind: tokIdent, text: truncateIdent(asciiLower(word)), raw: word}, nil

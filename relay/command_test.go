@@ -198,16 +198,72 @@ var commandErrorTests = []struct{ q, code, msg string }{
 	{`CREATE_REPLICATION_SLOT x PHYSICAL ("Reserve_WAL")`, "XX000", "unrecognized option: Reserve_WAL"},
 }
 
+// The table holds PostgreSQL 15's answers; majorCommandTests the others'.
 func TestCommandParseErrors(t *testing.T) {
 	for _, tt := range commandErrorTests {
-		_, err := ParseCommand(tt.q)
+		_, err := ParseCommandFor(tt.q, 15)
 		var pe *PGError
 		if !errors.As(err, &pe) {
 			t.Errorf("ParseCommand(%q) = %v, want a *PGError", tt.q, err)
 			continue
 		}
-		if pe.Code != tt.code || pe.Message != tt.msg || pe.Severity != "ERROR" {
-			t.Errorf("ParseCommand(%q) = %s %s %q, want ERROR %s %q", tt.q, pe.Severity, pe.Code, pe.Message, tt.code, tt.msg)
+		if pe.Code != tt.code || withDetail(pe) != tt.msg || pe.Severity != "ERROR" {
+			t.Errorf("ParseCommand(%q) = %s %s %q, want ERROR %s %q", tt.q, pe.Severity, pe.Code, withDetail(pe), tt.code, tt.msg)
+		}
+	}
+}
+
+// withDetail is the message of a syntax error followed by where it is,
+// which the tables give: PostgreSQL says only "syntax error".
+func withDetail(pe *PGError) string {
+	if pe.Message == "syntax error" {
+		return pe.Message + " " + pe.Detail
+	}
+	return pe.Message
+}
+
+// majorCommandTests are the answers that differ between majors, each as that
+// major's walsender gives it (e2e's TestProtocolAnswersEqualServers compares
+// them with every real server). code "" is a command that parses.
+var majorCommandTests = []struct {
+	q         string
+	major     int
+	code, msg string
+	kind      CommandKind
+	slot      string
+}{
+	{"ALTER_REPLICATION_SLOT s (FAILOVER)", 16, "0A000", notReplication, 0, ""},
+	{"ALTER_REPLICATION_SLOT s (FAILOVER)", 17, "", "", CmdAlterReplicationSlot, "s"},
+	{"ALTER_REPLICATION_SLOT s (FAILOVER false, TWO_PHASE)", 18, "", "", CmdAlterReplicationSlot, "s"},
+	{"ALTER_REPLICATION_SLOT s (TWO_PHASE)", 17, "XX000", "unrecognized option: two_phase", 0, ""},
+	{"ALTER_REPLICATION_SLOT s (FAILOVER, FAILOVER false)", 17, "42601", "conflicting or redundant options", 0, ""},
+	{"ALTER_REPLICATION_SLOT s (FAILOVER maybe)", 17, "42601", "failover requires a Boolean value", 0, ""},
+	{"ALTER_REPLICATION_SLOT s FAILOVER", 17, "42601", `syntax error at or near "FAILOVER"`, 0, ""},
+	{"ALTER_REPLICATION_SLOT s", 17, "42601", "syntax error at end of input", 0, ""},
+	{"UPLOAD_MANIFEST", 16, "0A000", notReplication, 0, ""},
+	{"UPLOAD_MANIFEST", 17, "", "", CmdUploadManifest, ""},
+	{"UPLOAD_MANIFEST x", 17, "42601", `syntax error at or near "x"`, 0, ""},
+	{"CREATE_REPLICATION_SLOT x PHYSICAL (FAILOVER)", 16, "XX000", "unrecognized option: failover", 0, ""},
+	{"CREATE_REPLICATION_SLOT x PHYSICAL (FAILOVER)", 17, "42601", "conflicting or redundant options", 0, ""},
+	{"CREATE_REPLICATION_SLOT x PHYSICAL (RESERVE_WAL)", 14, "42601", `syntax error at or near "("`, 0, ""},
+	{"CREATE_REPLICATION_SLOT x PHYSICAL RESERVE_WAL", 14, "", "", CmdCreateReplicationSlot, "x"},
+	// A keyword of 17 is an identifier before.
+	{"DROP_REPLICATION_SLOT UPLOAD_MANIFEST", 16, "", "", CmdDropReplicationSlot, "upload_manifest"},
+	{"DROP_REPLICATION_SLOT UPLOAD_MANIFEST", 17, "42601", `syntax error at or near "UPLOAD_MANIFEST"`, 0, ""},
+}
+
+func TestCommandPerMajor(t *testing.T) {
+	for _, tt := range majorCommandTests {
+		cmd, err := ParseCommandFor(tt.q, tt.major)
+		if tt.code == "" {
+			if err != nil || cmd.Kind != tt.kind || cmd.Slot != tt.slot {
+				t.Errorf("PostgreSQL %d: ParseCommand(%q) = %+v, %v; want kind %d slot %q", tt.major, tt.q, cmd, err, tt.kind, tt.slot)
+			}
+			continue
+		}
+		var pe *PGError
+		if !errors.As(err, &pe) || pe.Code != tt.code || withDetail(pe) != tt.msg {
+			t.Errorf("PostgreSQL %d: ParseCommand(%q) = %v, want ERROR %s %q", tt.major, tt.q, err, tt.code, tt.msg)
 		}
 	}
 }

@@ -41,6 +41,10 @@ type session struct {
 	pid    int32
 	log    *slog.Logger
 
+	// up is the connection to the relay's parent that commands passed
+	// through use; the session goroutine alone touches it.
+	up *ancestor
+
 	compress   bool   // the client asked for a zstd link and was told yes
 	protoMinor uint32 // protocol 3.protoMinor in use, after negotiation
 	// catchupLimit bounds what this child is sent while far behind.
@@ -71,6 +75,7 @@ func newSession(srv *Server, conn net.Conn, pid int32) *session {
 
 func (s *session) run() {
 	defer s.raw.Close()
+	defer s.closeAncestor()
 	defer s.dropTemporarySlots()
 	if err := s.startup(); err != nil {
 		s.srv.m.sessions.WithLabelValues("rejected").Inc()
@@ -294,7 +299,7 @@ func (s *session) rejectExtended() error {
 // ERROR are sent here and keep the connection usable; a returned error ends
 // the session.
 func (s *session) execQuery(q string) error {
-	cmd, err := ParseCommand(q)
+	cmd, err := ParseCommandFor(q, walstream.MajorVersion(s.srv.cfg.Source.ServerVersion()))
 	if errors.Is(err, ErrEmptyQuery) {
 		s.be.Send(&pgproto3.EmptyQueryResponse{})
 		s.be.Send(&pgproto3.ReadyForQuery{TxStatus: 'I'})
@@ -334,7 +339,11 @@ func (s *session) exec(cmd Command) error {
 		}
 		return s.startReplication(cmd)
 	case CmdBaseBackup:
-		return s.baseBackup(cmd)
+		return s.passThrough(cmd, "BASE_BACKUP")
+	case CmdUploadManifest:
+		return s.passThrough(cmd, "UPLOAD_MANIFEST")
+	case CmdAlterReplicationSlot:
+		return s.alterReplicationSlot(cmd)
 	default:
 		return errorf("0A000", "command not supported by walrelay: %s", cmd.Raw)
 	}
@@ -420,6 +429,17 @@ func (s *session) createReplicationSlot(cmd Command) error {
 	return s.sendResult("CREATE_REPLICATION_SLOT",
 		[]column{textCol("slot_name"), textCol("consistent_point"), textCol("snapshot_name"), textCol("output_plugin")},
 		[][]any{{cmd.Slot, "0/0", nil, nil}})
+}
+
+// alterReplicationSlot answers for the relay's own slots, which are
+// physical, as PostgreSQL does for a physical slot; a slot the relay does not
+// hold is the nearest PostgreSQL ancestor's to alter (a logical failover
+// slot on the primary, say).
+func (s *session) alterReplicationSlot(cmd Command) error {
+	if _, ok := s.srv.slots.get(cmd.Slot); ok {
+		return errorf("0A000", "cannot use ALTER_REPLICATION_SLOT with a physical replication slot")
+	}
+	return s.passThrough(cmd, "ALTER_REPLICATION_SLOT")
 }
 
 func (s *session) dropReplicationSlot(cmd Command) error {
