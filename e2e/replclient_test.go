@@ -96,7 +96,7 @@ func (c *replClient) run(query string, copyIn []byte) (replAnswer, *backupResult
 			switch m.Data[0] {
 			case 'n':
 				archive.Reset()
-				archive.Write(m.Data[1:bytes.IndexByte(m.Data[1:], 0)+1])
+				archive.Write(m.Data[1 : bytes.IndexByte(m.Data[1:], 0)+1])
 			case 'm':
 				inManifest = true
 			case 'd':
