@@ -153,6 +153,7 @@ func (h *haproxyProc) reads(t *testing.T, n int) map[string]int {
 // lagging and comes back after; when the relay of one standby dies, the
 // other never leaves the pool and the first is back once re-parented.
 func TestHAProxyRoutesReadsByLag(t *testing.T) {
+	t.Parallel() // waits on health checks more than it uses the CPU
 	requirePG(t)
 	bin := requireTool(t, "haproxy", "haproxy")
 	ctx := context.Background()

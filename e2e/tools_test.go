@@ -46,6 +46,7 @@ func untar(t *testing.T, archive, dir string) {
 // slot of -C is the relay's own, and the standby made from the -R backup
 // streams from the relay and converges with the primary's tables.
 func TestPgBasebackupModesThroughRelay(t *testing.T) {
+	t.Parallel() // the tools wait on checkpoints and polls more than they use the CPU
 	bin := requirePG(t)
 	primary := newPgbenchPrimary(t, 1)
 	ctx := context.Background()
@@ -123,6 +124,7 @@ func TestPgBasebackupModesThroughRelay(t *testing.T) {
 // --compress; a stop and a resume from the partial segment. Every completed
 // segment equals the one received straight from the primary.
 func TestPgReceivewalModesThroughRelay(t *testing.T) {
+	t.Parallel() // the tools wait on checkpoints and polls more than they use the CPU
 	bin := requirePG(t)
 	primary := newPgbenchPrimary(t, 1)
 	ctx := context.Background()

@@ -71,8 +71,15 @@ type Config struct {
 	// by fetching it from upstream first.
 	Backfill Backfiller
 	// UpstreamConnString returns the parent's connection string, used to
-	// pass BASE_BACKUP through; nil or "" refuses BASE_BACKUP.
+	// pass commands through (BASE_BACKUP, UPLOAD_MANIFEST, ...); nil or ""
+	// refuses them.
 	UpstreamConnString func() string
+	// MirrorSlots creates each persistent slot a client creates through the
+	// relay on the nearest PostgreSQL ancestor too, and holds that slot
+	// active, at the client's flush position, while the client streams with
+	// it: tools that check their slot with SQL on the primary (Barman) see
+	// it as they would without the relay. Needs UpstreamConnString.
+	MirrorSlots bool
 	// Credentials are the SCRAM users. Without Rules: none trusts loopback
 	// clients only, some require SCRAM from everyone.
 	Credentials *Credentials

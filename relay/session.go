@@ -417,7 +417,19 @@ func (s *session) createReplicationSlot(cmd Command) error {
 		id, _ := s.srv.cfg.Source.Identity()
 		restart = end.SegmentStart(id.SegmentSize)
 	}
-	if err := s.srv.slots.create(cmd.Slot, cmd.Temporary, restart, tli); err != nil {
+	mirror := !cmd.Temporary && s.srv.cfg.MirrorSlots && s.hasUpstream()
+	if mirror {
+		if err := checkSlotName(cmd.Slot); err != nil {
+			return err
+		}
+		if _, ok := s.srv.slots.get(cmd.Slot); ok {
+			return errorf("42710", "replication slot \"%s\" already exists", cmd.Slot)
+		}
+		if err := s.createUpstreamSlot(cmd.Slot, cmd.ReserveWAL); err != nil {
+			return err
+		}
+	}
+	if err := s.srv.slots.create(cmd.Slot, cmd.Temporary, restart, tli, mirror); err != nil {
 		return err
 	}
 	if cmd.Temporary {
@@ -443,6 +455,7 @@ func (s *session) alterReplicationSlot(cmd Command) error {
 }
 
 func (s *session) dropReplicationSlot(cmd Command) error {
+	sl, _ := s.srv.slots.get(cmd.Slot)
 	deadline := time.Now().Add(s.srv.cfg.SenderTimeout)
 	for {
 		err := s.srv.slots.drop(cmd.Slot)
@@ -455,6 +468,9 @@ func (s *session) dropReplicationSlot(cmd Command) error {
 			return err
 		}
 		break
+	}
+	if sl.Upstream {
+		s.dropUpstreamSlot(cmd.Slot)
 	}
 	s.log.Info("replication slot dropped", "slot", cmd.Slot)
 	s.be.Send(&pgproto3.CommandComplete{CommandTag: []byte("DROP_REPLICATION_SLOT")})

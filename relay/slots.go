@@ -24,13 +24,16 @@ import (
 type SlotStatus struct {
 	// Invalidated: the WAL it needed was removed (--max-retained-size);
 	// it can no longer be streamed from.
-	Invalidated bool                 `json:"invalidated,omitempty"`
-	Name        string               `json:"name"`
-	Temporary   bool                 `json:"temporary"`
-	Active      bool                 `json:"active"`
-	ActivePID   int32                `json:"active_pid,omitempty"`
-	RestartLSN  walstream.LSN        `json:"restart_lsn"`
-	RestartTLI  walstream.TimeLineID `json:"restart_tli"`
+	Invalidated bool `json:"invalidated,omitempty"`
+	// Upstream: a client created it through the relay, so the same-named
+	// slot exists on the nearest PostgreSQL ancestor too (--mirror-slots).
+	Upstream   bool                 `json:"upstream,omitempty"`
+	Name       string               `json:"name"`
+	Temporary  bool                 `json:"temporary"`
+	Active     bool                 `json:"active"`
+	ActivePID  int32                `json:"active_pid,omitempty"`
+	RestartLSN walstream.LSN        `json:"restart_lsn"`
+	RestartTLI walstream.TimeLineID `json:"restart_tli"`
 }
 
 type slot struct {
@@ -50,6 +53,7 @@ type slotStore struct {
 type slotFile struct {
 	Name        string               `json:"name"`
 	Invalidated bool                 `json:"invalidated,omitempty"`
+	Upstream    bool                 `json:"upstream,omitempty"`
 	RestartLSN  walstream.LSN        `json:"restart_lsn"`
 	RestartTLI  walstream.TimeLineID `json:"restart_tli"`
 }
@@ -80,7 +84,7 @@ func openSlotStore(dir string, log *slog.Logger) (*slotStore, error) {
 		if err := json.Unmarshal(b, &f); err != nil {
 			return nil, fmt.Errorf("parse slot %s: %w", name, err)
 		}
-		ss.slots[f.Name] = &slot{SlotStatus: SlotStatus{Name: f.Name, RestartLSN: f.RestartLSN, RestartTLI: f.RestartTLI, Invalidated: f.Invalidated}}
+		ss.slots[f.Name] = &slot{SlotStatus: SlotStatus{Name: f.Name, RestartLSN: f.RestartLSN, RestartTLI: f.RestartTLI, Invalidated: f.Invalidated, Upstream: f.Upstream}}
 	}
 	return ss, nil
 }
@@ -103,7 +107,7 @@ func checkSlotName(name string) error {
 	return nil
 }
 
-func (ss *slotStore) create(name string, temporary bool, restart walstream.LSN, tli walstream.TimeLineID) error {
+func (ss *slotStore) create(name string, temporary bool, restart walstream.LSN, tli walstream.TimeLineID, upstream bool) error {
 	if err := checkSlotName(name); err != nil {
 		return err
 	}
@@ -112,7 +116,7 @@ func (ss *slotStore) create(name string, temporary bool, restart walstream.LSN, 
 	if _, ok := ss.slots[name]; ok {
 		return errorf("42710", "replication slot \"%s\" already exists", name)
 	}
-	sl := &slot{SlotStatus: SlotStatus{Name: name, Temporary: temporary, RestartLSN: restart, RestartTLI: tli}}
+	sl := &slot{SlotStatus: SlotStatus{Name: name, Temporary: temporary, RestartLSN: restart, RestartTLI: tli, Upstream: upstream}}
 	if !temporary {
 		if err := ss.persist(sl); err != nil {
 			return err
@@ -221,7 +225,7 @@ func (ss *slotStore) invalidate(name string) {
 
 // persist writes sl; called with ss.mu held.
 func (ss *slotStore) persist(sl *slot) error {
-	b, err := json.Marshal(slotFile{Name: sl.Name, RestartLSN: sl.RestartLSN, RestartTLI: sl.RestartTLI, Invalidated: sl.Invalidated})
+	b, err := json.Marshal(slotFile{Name: sl.Name, RestartLSN: sl.RestartLSN, RestartTLI: sl.RestartTLI, Invalidated: sl.Invalidated, Upstream: sl.Upstream})
 	if err != nil {
 		return err
 	}
@@ -287,7 +291,7 @@ func (s *Server) EnsureSlot(name string, restart walstream.LSN) (created bool, e
 	sl, ok := ss.slots[name]
 	ss.mu.Unlock()
 	if !ok {
-		if err := ss.create(name, false, restart, tli); err != nil {
+		if err := ss.create(name, false, restart, tli, false); err != nil {
 			var pe *PGError
 			if errors.As(err, &pe) && pe.Code == "42710" {
 				return false, nil // created meanwhile by a client

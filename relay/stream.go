@@ -68,6 +68,19 @@ func (s *session) startReplication(cmd Command) error {
 			return err
 		}
 		defer s.srv.slots.release(cmd.Slot, s.pid)
+		if sl, _ := s.srv.slots.get(cmd.Slot); sl.Upstream && s.srv.cfg.MirrorSlots && s.hasUpstream() {
+			s.mu.Lock()
+			app := s.info.ApplicationName
+			s.mu.Unlock()
+			hctx, stopHolding := context.WithCancel(context.Background())
+			held := make(chan struct{})
+			go func() {
+				defer close(held)
+				s.holdUpstreamSlot(hctx, cmd.Slot, app)
+			}()
+			// The mirror is released before the local slot is.
+			defer func() { stopHolding(); <-held }()
+		}
 	}
 	reqTLI := cmd.Timeline
 	if reqTLI == 0 {

@@ -37,6 +37,7 @@ type relayFlags struct {
 	dataDir       string
 	httpAddr      string
 	noSlot        bool
+	mirrorSlots   bool
 	slot          string
 	authFile      string
 	logLevel      string
@@ -195,6 +196,7 @@ through a physical replication slot walrelay_<node-id>, stores it durably in
 	fl.StringVar(&f.dataDir, "data-dir", "", "directory for WAL and slots")
 	fl.StringVar(&f.httpAddr, "http", "", "address for /status and /metrics (empty: off)")
 	fl.BoolVar(&f.noSlot, "no-slot", false, "stream without a replication slot on the parent")
+	fl.BoolVar(&f.mirrorSlots, "mirror-slots", true, "create the slots clients create through the relay on the nearest PostgreSQL ancestor too, held active there at the client's position while it streams (what Barman checks with SQL on the primary); false keeps them relay-local")
 	fl.StringVar(&f.slot, "slot", "", "slot name on the parent (default walrelay_<node-id>)")
 	fl.StringVar(&f.authFile, "auth-file", "", "file of user:password or user:SCRAM-SHA-256$... lines; without it only loopback clients are accepted, without a password")
 	fl.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
@@ -352,6 +354,7 @@ func newRelayNode(f relayFlags, log *slog.Logger) (_ *relayNode, err error) {
 		SenderTimeout:         f.senderTimeout,
 		ReplyInterval:         f.replyInterval,
 		UpstreamConnString:    n.up.ConnString,
+		MirrorSlots:           f.mirrorSlots,
 		Backfill:              &walstream.Backfiller{ConnString: n.up.ConnString, NodeID: f.nodeID, Store: n.store, Logger: log},
 		FeedbackFrom:          relay.ParseFeedbackPolicy(f.feedbackFrom),
 		Logger:                log,
