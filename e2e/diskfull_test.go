@@ -28,6 +28,7 @@ import (
 // equal tables and the WAL received through the relay is byte-identical to
 // the primary's.
 func TestRelayDiskFull(t *testing.T) {
+	t.Parallel() // waits on restarts, faults and timers more than it uses the CPU
 	bin := requirePG(t)
 	mnt := filepath.Join(testDir(t), "relayfs")
 	if err := os.MkdirAll(mnt, 0o755); err != nil {

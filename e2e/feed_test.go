@@ -86,6 +86,7 @@ func listed(rs []feed.Replica, name string) *feed.Replica {
 //  3. s3, behind two relays, is reported with its own endpoint, parent and
 //     positions, by the managers and by r2's own feed.
 func TestReplicaFeed(t *testing.T) {
+	t.Parallel() // waits on restarts, faults and timers more than it uses the CPU
 	requirePG(t)
 	ctx := context.Background()
 	mt := newManagedTree(t, nil, nil, []string{"r1", "r2"}, []standbySpec{

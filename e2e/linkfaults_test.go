@@ -15,6 +15,7 @@ import (
 // tables, and WAL received through the relay is byte-identical to WAL
 // received straight from the primary.
 func TestUpstreamLinkFaults(t *testing.T) {
+	t.Parallel() // waits on restarts, faults and timers more than it uses the CPU
 	requirePG(t)
 	ctx := context.Background()
 	primary := newPgbenchPrimary(t, 1)

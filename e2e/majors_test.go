@@ -206,7 +206,9 @@ func coreScenario(t *testing.T, bin string, major int) {
 	// The primary fails under a write load; the manager promotes c1 and
 	// every standby follows it through the relays.
 	w := startAckWriter(func() *pgcluster.Cluster { return mt.primary })
-	time.Sleep(time.Second)
+	waitFor(t, 30*time.Second, "commits acknowledged with r1 synchronous", func() (bool, error) {
+		return w.acked.Load() >= 20, nil
+	})
 	if err := primary.Kill(); err != nil {
 		t.Fatal(err)
 	}

@@ -40,6 +40,7 @@ func assertConverged(t testing.TB, primary *pgcluster.Cluster, standbys ...*pgcl
 // Three unmodified standbys stream through one relay under pgbench; each
 // reaches the primary's final LSN with identical table contents.
 func TestStandbysThroughRelay(t *testing.T) {
+	t.Parallel() // waits on restarts, faults and timers more than it uses the CPU
 	requirePG(t)
 	primary := newPgbenchPrimary(t, 2)
 	ctx := context.Background()
