@@ -60,7 +60,10 @@ type Config struct {
 	// FenceCommand, when set, is run through sh -c with the old primary's
 	// name as $1 after the new primary is committed (e.g. STONITH).
 	FenceCommand string
-	Logger       *slog.Logger
+	// PatroniURLs are the REST APIs of the Patroni members running the
+	// primary side; the managers follow the leader they name (patroni.go).
+	PatroniURLs []string
+	Logger      *slog.Logger
 }
 
 // Controller runs on every manager and acts only on the leader.
@@ -112,6 +115,9 @@ func (c *Controller) round(ctx context.Context) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	tree := c.l.Tree()
+	if len(c.cfg.PatroniURLs) > 0 && c.followPatroni(ctx, tree) {
+		return
+	}
 	if c.followPromotion(ctx, tree) {
 		return
 	}
@@ -293,7 +299,7 @@ func (c *Controller) commitPrimary(ctx context.Context, tree *topology.Tree, nod
 	n := tree.Nodes[node]
 	actx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	if _, err := c.l.Apply(actx, topology.Command{Op: topology.OpSetPrimary, Name: node, Conninfo: n.Conninfo, Timeline: tli}); err != nil {
+	if _, err := c.l.Apply(actx, topology.Command{Op: topology.OpSetPrimary, Name: node, Conninfo: n.Conninfo, Timeline: tli, External: n.External}); err != nil {
 		return fmt.Errorf("commit %s as primary on timeline %d: %w", node, tli, err)
 	}
 	old := tree.Primary

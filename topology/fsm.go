@@ -49,6 +49,10 @@ type Node struct {
 	State      State  `json:"state"`
 	Parent     string `json:"parent,omitempty"` // assigned upstream; "" for the primary
 	Promotable bool   `json:"promotable,omitempty"`
+	// External nodes stream as another HA manager (Patroni) says: the
+	// managers observe them and follow their promotions, but never place
+	// or re-point them.
+	External bool `json:"external,omitempty"`
 	// Pinned parents were set by an operator (walrelay move) and are kept
 	// by placement while the parent is alive.
 	Pinned bool `json:"pinned,omitempty"`
@@ -121,6 +125,7 @@ type Command struct {
 	Zone        string            `json:"zone,omitempty"`
 	Tier        Tier              `json:"tier,omitempty"`
 	Promotable  bool              `json:"promotable,omitempty"`
+	External    bool              `json:"external,omitempty"`
 	State       State             `json:"state,omitempty"`
 	Parent      string            `json:"parent,omitempty"`
 	Pinned      bool              `json:"pinned,omitempty"`
@@ -209,6 +214,7 @@ func apply(t *Tree, c Command) error {
 		}
 		n := upsert(t, c.Name, KindPrimary)
 		n.Conninfo, n.State, n.Parent, n.Pinned = c.Conninfo, StateAlive, "", false
+		n.External = n.External || c.External
 		t.Primary = c.Name
 		if c.Timeline != 0 {
 			t.Timeline = c.Timeline
@@ -231,6 +237,10 @@ func apply(t *Tree, c Command) error {
 		}
 		n := upsert(t, c.Name, KindStandby)
 		n.Conninfo, n.Zone, n.Promotable, n.State = c.Conninfo, c.Zone, c.Promotable, StateAlive
+		n.External = c.External
+		if n.External {
+			n.Parent, n.Pinned = "", false
+		}
 		n.Tier = c.Tier
 		if n.Tier == "" {
 			n.Tier = TierDefault

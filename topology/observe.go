@@ -218,7 +218,7 @@ func (m *Manager) observeOnce(ctx context.Context) {
 	for _, name := range tree.Names() {
 		n := tree.Nodes[name]
 		r, ok := results[name]
-		if n.Kind != KindStandby || !ok || r.err != nil || !r.st.InRecovery {
+		if n.Kind != KindStandby || n.External || !ok || r.err != nil || !r.st.InRecovery {
 			continue
 		}
 		if err := m.repointStandby(ctx, tree, n, r.st, relays); err != nil {

@@ -42,7 +42,7 @@ func Place(t *Tree, p Policy) map[string]string {
 	var todo []*Node
 	for _, name := range t.Names() {
 		n := t.Nodes[name]
-		if n.Kind == KindPrimary || n.State != StateAlive {
+		if n.Kind == KindPrimary || n.State != StateAlive || n.External {
 			continue
 		}
 		if n.Parent != "" && alive(n.Parent) {

@@ -109,6 +109,10 @@ func newManagerCmd() *cobra.Command {
 	fl.StringVar(&promotion, "promotion", "auto", "when the primary fails: auto (promote the best candidate), external (follow a promotion done elsewhere) or off")
 	fl.DurationVar(&fcfg.PrimaryFailureTimeout, "primary-failure-timeout", 3*time.Second, "the primary counts as down after this long without answering the managers (and with the first-tier relays' streams lost)")
 	fl.DurationVar(&fcfg.CatchupTimeout, "catchup-timeout", 10*time.Second, "longest wait for the candidate to receive what the relay tier holds before promotion")
+	fl.Func("patroni-url", "REST API URL(s) of the Patroni members of the primary side, comma-separated: the managers follow the leader GET /cluster names (with --promotion external), and poll the candidates when none answers", func(s string) error {
+		fcfg.PatroniURLs = splitURLs(s)
+		return nil
+	})
 	fl.StringVar(&fcfg.FenceCommand, "fence-command", "", "shell command run with the old primary's name as $1 once a new primary is committed (e.g. STONITH)")
 	cmd.MarkFlagRequired("node-id")
 	cmd.MarkFlagRequired("data-dir")
@@ -608,11 +612,13 @@ func applyCmd(use, short string, args cobra.PositionalArgs, build func(args []st
 func newPrimaryCmd() *cobra.Command {
 	var conninfo string
 	var timeline uint32
+	var external bool
 	set := applyCmd("set NAME", "Register the primary", cobra.ExactArgs(1), func(a []string) (topology.Command, error) {
-		return topology.Command{Op: topology.OpSetPrimary, Name: a[0], Conninfo: conninfo, Timeline: timeline}, nil
+		return topology.Command{Op: topology.OpSetPrimary, Name: a[0], Conninfo: conninfo, Timeline: timeline, External: external}, nil
 	}, func(c *cobra.Command) {
 		c.Flags().StringVar(&conninfo, "conninfo", "", "libpq connection string of the primary")
 		c.Flags().Uint32Var(&timeline, "timeline", 0, "the primary's timeline, if known")
+		c.Flags().BoolVar(&external, "external", false, "a member of a cluster another HA manager (Patroni) runs: never placed or re-pointed once it is a standby")
 	})
 	cmd := &cobra.Command{Use: "primary", Short: "Manage the primary"}
 	cmd.AddCommand(set)
@@ -621,7 +627,7 @@ func newPrimaryCmd() *cobra.Command {
 
 func newStandbyCmd() *cobra.Command {
 	var conninfo, zone, tier string
-	var promotable bool
+	var promotable, external bool
 	add := applyCmd("add NAME", "Register an existing PostgreSQL standby", cobra.ExactArgs(1), func(a []string) (topology.Command, error) {
 		switch tier {
 		case "high", "default", "batch":
@@ -629,12 +635,13 @@ func newStandbyCmd() *cobra.Command {
 			return topology.Command{}, fmt.Errorf("--tier %q: want high, default or batch", tier)
 		}
 		return topology.Command{Op: topology.OpAddStandby, Name: a[0], Conninfo: conninfo, Zone: zone,
-			Tier: topology.Tier(tier), Promotable: promotable}, nil
+			Tier: topology.Tier(tier), Promotable: promotable, External: external}, nil
 	}, func(c *cobra.Command) {
 		c.Flags().StringVar(&conninfo, "conninfo", "", "libpq connection string of the standby (SQL)")
 		c.Flags().StringVar(&zone, "zone", "", "zone, for placement")
 		c.Flags().StringVar(&tier, "tier", "default", "high, default or batch")
 		c.Flags().BoolVar(&promotable, "promotable", false, "a failover candidate")
+		c.Flags().BoolVar(&external, "external", false, "a member of a cluster another HA manager (Patroni) runs: observed and followed when promoted, never placed or re-pointed")
 	})
 	remove := applyCmd("remove NAME", "Forget a standby", cobra.ExactArgs(1), func(a []string) (topology.Command, error) {
 		return topology.Command{Op: topology.OpRemove, Name: a[0]}, nil

@@ -1,0 +1,376 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"os/user"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/walrelay/walrelay/internal/pgcluster"
+)
+
+// etcdProc is a one-member etcd for Patroni's DCS, on loopback.
+func startEtcd(t *testing.T, bin string) string {
+	t.Helper()
+	cport, _ := pgcluster.FreePort()
+	pport, _ := pgcluster.FreePort()
+	dir := testDir(t)
+	client := fmt.Sprintf("http://127.0.0.1:%d", cport)
+	peer := fmt.Sprintf("http://127.0.0.1:%d", pport)
+	startBackground(t, "etcd", filepath.Join(dir, "etcd.log"), nil, bin, "--name", "e1", "--data-dir", filepath.Join(dir, "etcd"),
+		"--listen-client-urls", client, "--advertise-client-urls", client,
+		"--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer, "--initial-cluster", "e1="+peer)
+	waitFor(t, 30*time.Second, "etcd answering", func() (bool, error) {
+		resp, err := http.Get(client + "/health")
+		if err != nil {
+			return false, nil
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK, nil
+	})
+	return fmt.Sprintf("127.0.0.1:%d", cport)
+}
+
+// startBackground runs a long-lived process in its own process group (as
+// cred when set), logging to logPath; cleanup sends SIGTERM to the group,
+// then SIGKILL.
+func startBackground(t *testing.T, name, logPath string, cred *syscall.Credential, bin string, args ...string) *exec.Cmd {
+	t.Helper()
+	logf, err := os.Create(logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cred != nil {
+		os.Chown(logPath, int(cred.Uid), int(cred.Gid))
+	}
+	cmd := exec.Command(bin, args...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Credential: cred}
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start %s: %v", name, err)
+	}
+	done := make(chan struct{})
+	go func() { cmd.Wait(); logf.Close(); close(done) }()
+	t.Cleanup(func() {
+		syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM)
+		select {
+		case <-done:
+		case <-time.After(30 * time.Second):
+		}
+		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		<-done
+		if t.Failed() {
+			t.Logf("%s log:\n%s", name, tail(logPath, 25))
+		}
+	})
+	return cmd
+}
+
+func postgresUser(t *testing.T) *syscall.Credential {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		return nil
+	}
+	u, err := user.Lookup("postgres")
+	if err != nil {
+		t.Fatal(err)
+	}
+	uid, _ := strconv.Atoi(u.Uid)
+	gid, _ := strconv.Atoi(u.Gid)
+	return &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}
+}
+
+// patroniMember is one Patroni member: its REST API and its PostgreSQL.
+type patroniMember struct {
+	name, api, cfg string
+	pg             *pgcluster.Cluster
+}
+
+// startPatroni runs one Patroni member (as user postgres) of scope walrelay
+// with etcd as its DCS, and the Debian package's PostgreSQL.
+func startPatroni(t *testing.T, bin, etcd, name string) *patroniMember {
+	t.Helper()
+	cred := postgresUser(t)
+	base := filepath.Join(testDir(t), "patroni")
+	if err := os.MkdirAll(base, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	// Patroni runs as postgres: it must reach and write its directory.
+	for d := base; d != "/" && d != os.TempDir(); d = filepath.Dir(d) {
+		if fi, err := os.Stat(d); err == nil && fi.Mode().Perm()&0o001 == 0 {
+			os.Chmod(d, fi.Mode().Perm()|0o011)
+		}
+	}
+	if cred != nil {
+		os.Chown(base, int(cred.Uid), int(cred.Gid))
+	}
+	apiPort, _ := pgcluster.FreePort()
+	pgPort, _ := pgcluster.FreePort()
+	dataDir := filepath.Join(base, name)
+	cfg := fmt.Sprintf(`scope: walrelay
+name: %[1]s
+restapi:
+  listen: 127.0.0.1:%[2]d
+  connect_address: 127.0.0.1:%[2]d
+etcd3:
+  hosts: %[3]s
+bootstrap:
+  dcs:
+    ttl: 10
+    loop_wait: 1
+    retry_timeout: 5
+    maximum_lag_on_failover: 104857600
+    postgresql:
+      use_pg_rewind: true
+      parameters:
+        wal_log_hints: 'on'
+        wal_keep_size: 512MB
+        max_wal_senders: 20
+        max_replication_slots: 20
+        fsync: 'off'
+  initdb:
+  - encoding: UTF8
+  pg_hba:
+  - host replication all 127.0.0.1/32 trust
+  - host all all 127.0.0.1/32 trust
+postgresql:
+  listen: 127.0.0.1:%[4]d
+  connect_address: 127.0.0.1:%[4]d
+  data_dir: %[5]s
+  bin_dir: %[6]s
+  pgpass: %[7]s
+  authentication:
+    superuser: {username: postgres, password: walrelay}
+    replication: {username: postgres, password: walrelay}
+    rewind: {username: postgres, password: walrelay}
+  parameters:
+    unix_socket_directories: ''
+`, name, apiPort, etcd, pgPort, dataDir, bin, filepath.Join(base, name+".pgpass"))
+	cfgPath := filepath.Join(base, name+".yml")
+	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	startBackground(t, "patroni "+name, filepath.Join(base, name+".log"), cred, "patroni", cfgPath)
+	pg, err := pgcluster.Open(name, bin, dataDir, pgPort, filepath.Join(base, name+".log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &patroniMember{name: name, api: fmt.Sprintf("http://127.0.0.1:%d", apiPort), cfg: cfgPath, pg: pg}
+}
+
+type patroniClusterView struct {
+	Members []struct {
+		Name     string `json:"name"`
+		Role     string `json:"role"`
+		State    string `json:"state"`
+		Timeline int    `json:"timeline"`
+	} `json:"members"`
+}
+
+// patroniLeader is the member Patroni's REST API names leader, and the
+// roles of all.
+func patroniLeader(api string) (leader string, roles map[string]string) {
+	resp, err := http.Get(api + "/cluster")
+	if err != nil {
+		return "", nil
+	}
+	defer resp.Body.Close()
+	var v patroniClusterView
+	if json.NewDecoder(resp.Body).Decode(&v) != nil {
+		return "", nil
+	}
+	roles = map[string]string{}
+	for _, m := range v.Members {
+		roles[m.Name] = m.Role + "/" + m.State + "/" + strconv.Itoa(m.Timeline)
+		if m.Role == "leader" && m.State == "running" {
+			leader = m.Name
+		}
+	}
+	return leader, roles
+}
+
+// A two-member Patroni cluster (its own etcd) is the primary side; the
+// walrelay manager runs with --promotion external and follows the leader
+// Patroni's REST API names. Two relays and two plain standbys hang below.
+// After a patronictl switchover, a patronictl failover and a SIGKILL of the
+// leader's postgres, the relays stream from Patroni's leader, the standbys
+// reach its timeline with every acknowledged write and equal tables, the
+// old leader is never followed while fenced and is unfenced once Patroni
+// runs it as a replica, and `walrelay tree` and `patronictl list` agree on
+// who leads.
+func TestPatroniLeaderIsFollowed(t *testing.T) {
+	t.Parallel() // waits on Patroni's loop and timers more than it uses the CPU
+	bin := requirePG(t)
+	requireTool(t, "patroni", "patroni")
+	etcdBin := requireTool(t, "etcd", "etcd-server")
+	ctx := context.Background()
+	etcd := startEtcd(t, etcdBin)
+	members := map[string]*patroniMember{}
+	for _, name := range []string{"pg1", "pg2"} {
+		members[name] = startPatroni(t, bin, etcd, name)
+		if name == "pg1" {
+			waitFor(t, 90*time.Second, "pg1 Patroni's leader", func() (bool, error) {
+				l, _ := patroniLeader(members["pg1"].api)
+				return l == "pg1", nil
+			})
+		}
+	}
+	waitFor(t, 90*time.Second, "pg2 a running replica", func() (bool, error) {
+		_, roles := patroniLeader(members["pg1"].api)
+		return strings.HasPrefix(roles["pg2"], "replica/running") || strings.HasPrefix(roles["pg2"], "replica/streaming"), nil
+	})
+	pg1, pg2 := members["pg1"].pg, members["pg2"].pg
+	if err := pg1.PgbenchInit(ctx, 1); err != nil {
+		t.Fatal(err)
+	}
+	if err := pg1.Exec(ctx, "CREATE TABLE acked(id bigint PRIMARY KEY)"); err != nil {
+		t.Fatal(err)
+	}
+
+	mgr := startManagerProc(t, "m1", "", "--promotion", "external", "--patroni-url", members["pg1"].api+","+members["pg2"].api)
+	waitFor(t, 20*time.Second, "manager leader", func() (bool, error) {
+		_, err := walrelayCLI("tree", "--manager", mgr.url)
+		return err == nil, nil
+	})
+	cliT(t, "primary", "set", "pg1", "--conninfo", pg1.ConnString(), "--external", "--manager", mgr.url)
+	cliT(t, "standby", "add", "pg2", "--conninfo", pg2.ConnString(), "--external", "--manager", mgr.url)
+	relays := map[string]*relayProc{}
+	for _, id := range []string{"r1", "r2"} {
+		relays[id] = startRelay(t, id, "", "--manager", mgr.url)
+	}
+	standbys := map[string]*pgcluster.Cluster{}
+	for _, name := range []string{"s1", "s2"} {
+		sb, err := pgcluster.BaseBackupFrom(ctx, bin, "127.0.0.1", pg1.Port, pgcluster.Options{BaseDir: clusterBase(t), Name: name,
+			Conf: map[string]string{"wal_retrieve_retry_interval": "1s"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		startCluster(t, sb)
+		standbys[name] = sb
+		cliT(t, "standby", "add", name, "--conninfo", sb.ConnString(), "--manager", mgr.url)
+	}
+	waitFor(t, 90*time.Second, "standbys streaming from the relays", func() (bool, error) {
+		for _, sb := range standbys {
+			port, streaming, err := receiverOf(ctx, sb)
+			if err != nil || !streaming || (port != relays["r1"].Port() && port != relays["r2"].Port()) {
+				return false, nil
+			}
+		}
+		return true, nil
+	})
+	t.Logf("tree:\n%s", cliT(t, "tree", "--manager", mgr.url))
+
+	var leader atomic.Pointer[pgcluster.Cluster]
+	leader.Store(pg1)
+	w := startAckWriter(leader.Load)
+	defer w.finish()
+	// follows checks that the managers, the relays and the standbys follow
+	// Patroni's leader on timeline tli, and that nothing follows old.
+	follows := func(step, want, old string) {
+		t.Helper()
+		started := time.Now()
+		waitFor(t, 90*time.Second, step+": Patroni leader "+want, func() (bool, error) {
+			l, _ := patroniLeader(members[want].api)
+			return l == want, nil
+		})
+		leader.Store(members[want].pg)
+		// Patroni publishes the leader's new timeline a moment after the
+		// leader key: wait until both agree with the tree.
+		var tli int
+		waitFor(t, 60*time.Second, step+": the managers commit "+want+" on Patroni's timeline", func() (bool, error) {
+			l, roles := patroniLeader(members[want].api)
+			if l != want {
+				return false, nil
+			}
+			tli, _ = strconv.Atoi(roles[want][strings.LastIndex(roles[want], "/")+1:])
+			tr, err := treeJSON(mgr.url)
+			return err == nil && tr.Tree.Primary == want && int(tr.Tree.Timeline) == tli, nil
+		})
+		np := members[want].pg
+		for id, r := range relays {
+			waitFor(t, 60*time.Second, step+": relay "+id+" streaming from "+want, func() (bool, error) {
+				up, _ := r.Status(t)["upstream"].(map[string]any)
+				target, _ := up["target"].(string)
+				return up["state"] == "streaming" && strings.Contains(target, fmt.Sprintf("port=%d", np.Port)), nil
+			})
+		}
+		tr, _ := treeJSON(mgr.url)
+		for i := 0; i < 20; i++ { // a few seconds: nothing goes back to old
+			for id, r := range relays {
+				up, _ := r.Status(t)["upstream"].(map[string]any)
+				if target, _ := up["target"].(string); old != "" && strings.Contains(target, fmt.Sprintf("port=%d", members[old].pg.Port)) {
+					t.Fatalf("%s: relay %s streams from the old leader %s (%s in the tree)", step, id, old, tr.Tree.Nodes[old].State)
+				}
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		acked := w.acked.Load()
+		assertOnTimeline(t, np, tr.Tree.Timeline, standbys["s1"], standbys["s2"])
+		for _, sb := range standbys {
+			assertAcked(t, sb, acked)
+		}
+		// patronictl list and walrelay tree agree on who leads.
+		list := pgTool(t, "/usr/bin", "patronictl", "-c", members[want].cfg, "list")
+		for _, line := range strings.Split(list, "\n") {
+			if strings.Contains(line, "Leader") && !strings.Contains(line, "| "+want+" ") {
+				t.Errorf("%s: patronictl list shows another leader than the tree's %s:\n%s", step, want, list)
+			}
+		}
+		t.Logf("%s: %s leads on timeline %d, followed by the managers, relays and standbys %.1fs after the step; %d acknowledged commits on every standby",
+			step, want, tr.Tree.Timeline, time.Since(started).Seconds(), acked)
+	}
+	waitForAcks := func() {
+		n := w.acked.Load()
+		waitFor(t, 30*time.Second, "more acknowledged commits", func() (bool, error) { return w.acked.Load() >= n+20, nil })
+	}
+
+	waitForAcks()
+	pgTool(t, "/usr/bin", "patronictl", "-c", members["pg1"].cfg, "switchover", "--leader", "pg1", "--candidate", "pg2", "--force")
+	follows("patronictl switchover", "pg2", "pg1")
+	// The old leader is fenced until Patroni runs it as a replica again.
+	waitFor(t, 90*time.Second, "pg1 unfenced once a replica of pg2", func() (bool, error) {
+		tr, err := treeJSON(mgr.url)
+		return err == nil && tr.Tree.Nodes["pg1"].State == "alive", nil
+	})
+	_, roles := patroniLeader(members["pg2"].api)
+	if !strings.HasPrefix(roles["pg1"], "replica/") {
+		t.Errorf("pg1 unfenced while Patroni says %q", roles["pg1"])
+	}
+
+	waitForAcks()
+	pgTool(t, "/usr/bin", "patronictl", "-c", members["pg1"].cfg, "failover", "--candidate", "pg1", "--force")
+	follows("patronictl failover", "pg1", "pg2")
+
+	// SIGKILL of the leader's postgres: Patroni restarts it or fails over;
+	// either way everything follows the leader it names.
+	waitForAcks()
+	pidFile, err := os.ReadFile(filepath.Join(pg1.DataDir, "postmaster.pid"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid, _ := strconv.Atoi(strings.SplitN(string(pidFile), "\n", 2)[0])
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(15 * time.Second) // longer than Patroni's ttl: it has decided
+	var now string
+	waitFor(t, 60*time.Second, "a Patroni leader after the SIGKILL", func() (bool, error) {
+		now, _ = patroniLeader(members["pg2"].api)
+		return now != "", nil
+	})
+	old := "" // restarted by Patroni (on a new timeline)
+	if now != "pg1" {
+		old = "pg1"
+	}
+	follows("SIGKILL of the leader's postgres", now, old)
+}
