@@ -208,8 +208,20 @@ func patroniLeader(api string) (leader string, roles map[string]string) {
 // old leader is never followed while fenced and is unfenced once Patroni
 // runs it as a replica, and `walrelay tree` and `patronictl list` agree on
 // who leads.
+//
+// The managers learn the leader from Patroni's REST API in one subtest and
+// from its keys in etcd in the other.
 func TestPatroniLeaderIsFollowed(t *testing.T) {
-	t.Parallel() // waits on Patroni's loop and timers more than it uses the CPU
+	t.Parallel()
+	for _, via := range []string{"rest", "dcs"} {
+		t.Run(via, func(t *testing.T) {
+			t.Parallel() // waits on Patroni's loop and timers more than it uses the CPU
+			patroniScenario(t, via)
+		})
+	}
+}
+
+func patroniScenario(t *testing.T, via string) {
 	bin := requirePG(t)
 	requireTool(t, "patroni", "patroni")
 	etcdBin := requireTool(t, "etcd", "etcd-server")
@@ -237,7 +249,11 @@ func TestPatroniLeaderIsFollowed(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	mgr := startManagerProc(t, "m1", "", "--promotion", "external", "--patroni-url", members["pg1"].api+","+members["pg2"].api)
+	source := []string{"--patroni-url", members["pg1"].api + "," + members["pg2"].api}
+	if via == "dcs" {
+		source = []string{"--patroni-dcs", "http://" + etcd + "/service/walrelay"}
+	}
+	mgr := startManagerProc(t, "m1", "", append([]string{"--promotion", "external"}, source...)...)
 	waitFor(t, 20*time.Second, "manager leader", func() (bool, error) {
 		_, err := walrelayCLI("tree", "--manager", mgr.url)
 		return err == nil, nil

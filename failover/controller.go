@@ -63,7 +63,10 @@ type Config struct {
 	// PatroniURLs are the REST APIs of the Patroni members running the
 	// primary side; the managers follow the leader they name (patroni.go).
 	PatroniURLs []string
-	Logger      *slog.Logger
+	// PatroniDCS is Patroni's etcd (v3) with its namespace and scope,
+	// http://ETCD:2379/service/SCOPE: read when no API answers.
+	PatroniDCS string
+	Logger     *slog.Logger
 }
 
 // Controller runs on every manager and acts only on the leader.
@@ -115,7 +118,7 @@ func (c *Controller) round(ctx context.Context) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	tree := c.l.Tree()
-	if len(c.cfg.PatroniURLs) > 0 && c.followPatroni(ctx, tree) {
+	if (len(c.cfg.PatroniURLs) > 0 || c.cfg.PatroniDCS != "") && c.followPatroni(ctx, tree) {
 		return
 	}
 	if c.followPromotion(ctx, tree) {

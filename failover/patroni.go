@@ -1,13 +1,17 @@
 package failover
 
 import (
+	"bytes"
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
 	"net/http"
+	"net/url"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
@@ -18,7 +22,8 @@ import (
 // Following Patroni. With Config.PatroniURLs the managers learn who leads
 // from Patroni's REST API, as Patroni's neighbours (HAProxy, vip-manager) do:
 // GET /cluster on any member lists every member with its role, state and
-// timeline. The leader, once it answers out of recovery, is committed as the
+// timeline. With Config.PatroniDCS they read the same from Patroni's keys in
+// etcd (when no API answers, or without any API configured). The leader, once it answers out of recovery, is committed as the
 // primary (which fences the old one); a fenced former leader that Patroni
 // runs as a replica on the leader's timeline (after pg_rewind) is unfenced.
 // When no member's API answers, the managers fall back to polling the
@@ -36,8 +41,24 @@ type patroniMember struct {
 
 var patroniClient = &http.Client{Timeout: 2 * time.Second}
 
-// patroniCluster asks each configured API in turn for the cluster.
+// patroniCluster asks each configured API in turn for the cluster, then
+// the DCS when one is configured.
 func (c *Controller) patroniCluster(ctx context.Context) ([]patroniMember, error) {
+	members, err := c.patroniREST(ctx)
+	if err != nil && c.cfg.PatroniDCS != "" {
+		var derr error
+		if members, derr = patroniDCS(ctx, c.cfg.PatroniDCS); derr == nil {
+			return members, nil
+		}
+		err = errors.Join(err, derr)
+	}
+	return members, err
+}
+
+func (c *Controller) patroniREST(ctx context.Context) ([]patroniMember, error) {
+	if len(c.cfg.PatroniURLs) == 0 {
+		return nil, errors.New("no --patroni-url")
+	}
 	var errs []error
 	for _, u := range c.cfg.PatroniURLs {
 		req, err := http.NewRequestWithContext(ctx, http.MethodGet, u+"/cluster", nil)
@@ -84,7 +105,7 @@ func patroniNode(tree *topology.Tree, m patroniMember) string {
 func (c *Controller) followPatroni(ctx context.Context, tree *topology.Tree) bool {
 	members, err := c.patroniCluster(ctx)
 	if err != nil {
-		c.warn("Patroni's REST API does not answer: following promotions by polling the registered candidates", "err", err)
+		c.warn("neither Patroni's REST API nor its DCS answers: following promotions by polling the registered members", "err", err)
 		return false
 	}
 	var leader *patroniMember
@@ -141,4 +162,80 @@ func (c *Controller) followPatroni(ctx context.Context, tree *topology.Tree) boo
 		}
 	}
 	return false
+}
+
+// patroniDCS reads the cluster from Patroni's keys in etcd (v3, through its
+// JSON gateway): dcs is the etcd URL followed by Patroni's namespace and
+// scope, e.g. http://127.0.0.1:2379/service/walrelay. The leader key names
+// the leader; members/NAME hold each member's state, role, timeline and
+// conn_url.
+func patroniDCS(ctx context.Context, dcs string) ([]patroniMember, error) {
+	u, err := url.Parse(dcs)
+	if err != nil || u.Host == "" || strings.Trim(u.Path, "/") == "" {
+		return nil, fmt.Errorf("--patroni-dcs %q: want http://ETCD:2379/NAMESPACE/SCOPE", dcs)
+	}
+	prefix := strings.TrimRight(u.Path, "/") + "/"
+	// range_end is the prefix with its last byte incremented: every key
+	// under it.
+	end := []byte(prefix)
+	end[len(end)-1]++
+	body, _ := json.Marshal(map[string]string{
+		"key":       base64.StdEncoding.EncodeToString([]byte(prefix)),
+		"range_end": base64.StdEncoding.EncodeToString(end),
+	})
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, u.Scheme+"://"+u.Host+"/v3/kv/range", bytes.NewReader(body))
+	if err != nil {
+		return nil, err
+	}
+	resp, err := patroniClient.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	var out struct {
+		KVs []struct {
+			Key, Value string
+		} `json:"kvs"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&out); err != nil || resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("etcd range %s: HTTP %d: %v", prefix, resp.StatusCode, err)
+	}
+	var leader string
+	var members []patroniMember
+	for _, kv := range out.KVs {
+		k, err1 := base64.StdEncoding.DecodeString(kv.Key)
+		v, err2 := base64.StdEncoding.DecodeString(kv.Value)
+		if err1 != nil || err2 != nil {
+			continue
+		}
+		key := strings.TrimPrefix(string(k), prefix)
+		switch {
+		case key == "leader":
+			leader = string(v)
+		case strings.HasPrefix(key, "members/"):
+			var m struct {
+				ConnURL  string `json:"conn_url"`
+				State    string `json:"state"`
+				Timeline uint32 `json:"timeline"`
+			}
+			if json.Unmarshal(v, &m) != nil {
+				continue
+			}
+			pm := patroniMember{Name: strings.TrimPrefix(key, "members/"), Role: "replica", State: m.State, Timeline: m.Timeline}
+			if cu, err := url.Parse(m.ConnURL); err == nil {
+				pm.Host = cu.Hostname()
+				pm.Port, _ = strconv.Atoi(cu.Port())
+			}
+			members = append(members, pm)
+		}
+	}
+	if len(members) == 0 {
+		return nil, fmt.Errorf("etcd has no Patroni members under %s", prefix)
+	}
+	for i := range members {
+		if members[i].Name == leader {
+			members[i].Role = "leader"
+		}
+	}
+	return members, nil
 }

@@ -2,9 +2,12 @@ package failover
 
 import (
 	"context"
+	"encoding/base64"
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"reflect"
 	"testing"
 	"time"
 
@@ -103,5 +106,46 @@ func TestPlacementLeavesExternalNodes(t *testing.T) {
 	}
 	if got["s1"] != "r1" {
 		t.Errorf("placement put s1 under %q, want r1", got["s1"])
+	}
+}
+
+// The same view read from Patroni's keys in etcd (v3 JSON gateway).
+func TestPatroniDCS(t *testing.T) {
+	kv := func(k, v string) map[string]string {
+		return map[string]string{"key": base64.StdEncoding.EncodeToString([]byte(k)), "value": base64.StdEncoding.EncodeToString([]byte(v))}
+	}
+	var asked map[string]string
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/v3/kv/range" {
+			http.NotFound(w, r)
+			return
+		}
+		json.NewDecoder(r.Body).Decode(&asked)
+		json.NewEncoder(w).Encode(map[string]any{"kvs": []map[string]string{
+			kv("/service/walrelay/config", `{"ttl":10}`),
+			kv("/service/walrelay/leader", "pg2"),
+			kv("/service/walrelay/members/pg1", `{"conn_url":"postgres://127.0.0.1:5432/postgres","state":"running","role":"replica","timeline":2}`),
+			kv("/service/walrelay/members/pg2", `{"conn_url":"postgres://127.0.0.1:5433/postgres","state":"running","role":"master","timeline":2}`),
+		}})
+	}))
+	defer srv.Close()
+	got, err := patroniDCS(context.Background(), srv.URL+"/service/walrelay")
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, _ := base64.StdEncoding.DecodeString(asked["key"])
+	end, _ := base64.StdEncoding.DecodeString(asked["range_end"])
+	if string(key) != "/service/walrelay/" || string(end) != "/service/walrelay0" {
+		t.Errorf("asked for the range %q-%q", key, end)
+	}
+	want := []patroniMember{
+		{Name: "pg1", Role: "replica", State: "running", Host: "127.0.0.1", Port: 5432, Timeline: 2},
+		{Name: "pg2", Role: "leader", State: "running", Host: "127.0.0.1", Port: 5433, Timeline: 2},
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("members %+v, want %+v", got, want)
+	}
+	if _, err := patroniDCS(context.Background(), srv.URL); err == nil {
+		t.Error("a DCS URL without namespace and scope was accepted")
 	}
 }

@@ -113,6 +113,7 @@ func newManagerCmd() *cobra.Command {
 		fcfg.PatroniURLs = splitURLs(s)
 		return nil
 	})
+	fl.StringVar(&fcfg.PatroniDCS, "patroni-dcs", "", "Patroni's etcd v3 with namespace and scope, http://ETCD:2379/service/SCOPE: the leader and members are read there when no --patroni-url answers (or without one)")
 	fl.StringVar(&fcfg.FenceCommand, "fence-command", "", "shell command run with the old primary's name as $1 once a new primary is committed (e.g. STONITH)")
 	cmd.MarkFlagRequired("node-id")
 	cmd.MarkFlagRequired("data-dir")
