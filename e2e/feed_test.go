@@ -191,20 +191,7 @@ func TestReplicaFeed(t *testing.T) {
 
 	t.Run("max_lag", func(t *testing.T) {
 		// The load runs until the checks are done, at most 25 s.
-		load := make(chan error, 1)
-		lctx, stopLoad := context.WithCancel(ctx)
-		go func() { load <- mt.primary.Pgbench(lctx, 2, 25*time.Second, "-R", "200") }()
-		defer func() {
-			select {
-			case err := <-load: // ended by itself: it must have succeeded
-				if err != nil {
-					t.Error(err)
-				}
-			default:
-				stopLoad()
-				<-load
-			}
-		}()
+		defer backgroundPgbench(t, mt.primary, 2, 25*time.Second, "-R", "200")()
 		q := url.Values{"max_lag": {"1s"}}
 		waitFor(t, 20*time.Second, "all three within 1s under pgbench", func() (bool, error) {
 			return len(getFeed(t, base, q).Replicas) == 3, nil

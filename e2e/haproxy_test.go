@@ -164,10 +164,7 @@ func TestHAProxyRoutesReadsByLag(t *testing.T) {
 		st := h.status(t)
 		return st["s1"] == "UP" && st["s2"] == "UP", nil
 	}
-	load := make(chan error, 1)
-	lctx, stopLoad := context.WithCancel(ctx)
-	defer stopLoad()
-	go func() { load <- mt.primary.Pgbench(lctx, 2, 2*time.Minute, "-R", "100") }()
+	stopLoad := backgroundPgbench(t, mt.primary, 2, 2*time.Minute, "-R", "100")
 	waitFor(t, 30*time.Second, "both standbys UP in haproxy", bothUp)
 	if got := h.reads(t, 8); got["s1"] == 0 || got["s2"] == 0 {
 		t.Fatalf("reads through haproxy reached %v, want both standbys", got)
@@ -213,11 +210,5 @@ func TestHAProxyRoutesReadsByLag(t *testing.T) {
 	if got := h.reads(t, 8); got["s1"] == 0 || got["s2"] == 0 {
 		t.Errorf("after the re-parent, reads through haproxy reached %v", got)
 	}
-	select {
-	case err := <-load:
-		t.Fatalf("pgbench ended early: %v", err)
-	default:
-		stopLoad()
-		<-load
-	}
+	stopLoad()
 }

@@ -333,3 +333,29 @@ func tail(path string, n int) string {
 	}
 	return strings.Join(lines, "\n")
 }
+
+// backgroundPgbench runs pgbench on c for at most d, until the returned
+// stop is called; stop reports a pgbench that ended by itself with an error.
+func backgroundPgbench(t testing.TB, c *pgcluster.Cluster, clients int, d time.Duration, extra ...string) (stop func()) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	load := make(chan error, 1)
+	go func() { load <- c.Pgbench(ctx, clients, d, extra...) }()
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			select {
+			case err := <-load: // ended by itself: it must have succeeded
+				if err != nil {
+					t.Errorf("pgbench on %s: %v", c.Name, err)
+				}
+			default:
+				cancel()
+				<-load
+			}
+			cancel()
+		})
+	}
+	t.Cleanup(stop)
+	return stop
+}

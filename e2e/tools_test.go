@@ -52,10 +52,7 @@ func TestPgBasebackupModesThroughRelay(t *testing.T) {
 	ctx := context.Background()
 	relay := startRelay(t, "r1", primary.ReplicationConnString())
 	waitUpstreamStreaming(t, relay)
-	load := make(chan error, 1)
-	lctx, stopLoad := context.WithCancel(ctx)
-	defer stopLoad()
-	go func() { load <- primary.Pgbench(lctx, 2, 60*time.Second, "-R", "100") }()
+	stopLoad := backgroundPgbench(t, primary, 2, 60*time.Second, "-R", "100")
 
 	conn := []string{"-h", "127.0.0.1", "-p", fmt.Sprint(relay.Port()), "-U", "postgres", "-c", "fast", "--no-sync"}
 	dir := testDir(t)
@@ -105,13 +102,7 @@ func TestPgBasebackupModesThroughRelay(t *testing.T) {
 		t.Fatal(err)
 	}
 	startCluster(t, sb)
-	select {
-	case err := <-load:
-		t.Fatalf("pgbench ended early: %v", err)
-	default:
-		stopLoad()
-		<-load
-	}
+	stopLoad()
 	assertConverged(t, primary, sb)
 	port, streaming, err := receiverOf(ctx, sb)
 	if err != nil || !streaming || port != relay.Port() {
