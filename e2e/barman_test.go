@@ -86,27 +86,7 @@ immediate_checkpoint = true
 		t.Fatalf("barman's slot is not on the relay: %q", rows)
 	}
 	// receive-wal runs in the foreground as `barman cron` would start it.
-	rctx, stopReceive := context.WithCancel(ctx)
-	receiver := exec.CommandContext(rctx, "barman", "-c", cfg, "receive-wal", "pg")
-	receiverLog := filepath.Join(dir, "receive-wal.log")
-	rl, err := os.Create(receiverLog)
-	if err != nil {
-		t.Fatal(err)
-	}
-	receiver.Stdout, receiver.Stderr = rl, rl
-	receiver.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	receiver.Cancel = func() error { return syscall.Kill(-receiver.Process.Pid, syscall.SIGKILL) }
-	if err := receiver.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		stopReceive()
-		receiver.Wait()
-		rl.Close()
-		if t.Failed() {
-			t.Logf("barman receive-wal output:\n%s", tail(receiverLog, 30))
-		}
-	})
+	receiver := startBackground(t, "barman receive-wal", filepath.Join(dir, "receive-wal.log"), nil, "barman", "-c", cfg, "receive-wal", "pg")
 	waitStreaming(t, relay, 1, 30*time.Second)
 
 	// The slot Barman checks with SQL on the primary: there, initialised and
@@ -131,6 +111,7 @@ immediate_checkpoint = true
 	t.Logf("barman switch-wal --archive:\n%s", strings.TrimSpace(out))
 	var check string
 	waitFor(t, 60*time.Second, "barman check all OK", func() (bool, error) {
+		var err error
 		check, err = barmanRun(cfg, "check", "pg")
 		return err == nil, nil
 	})

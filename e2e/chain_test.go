@@ -160,6 +160,17 @@ func TestBackfillThroughChain(t *testing.T) {
 	startCluster(t, sb)
 	assertConverged(t, primary, sb)
 	t.Logf("relay b held WAL from %s before the standby came, from %s after; relay a from %s", before, oldest(b), oldest(a))
+	// b's own slot on a is not mirrored on the primary (--mirror-slots is
+	// for clients' slots): the primary feeds relay a alone.
+	conn, err := primary.Connect(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	var n int
+	if err := conn.QueryRow(context.Background(), "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'walrelay_b'").Scan(&n); err != nil || n != 0 {
+		t.Errorf("relay b's slot is on the primary too (%d, %v)", n, err)
+	}
 	if oldest(b) == before {
 		t.Errorf("relay b did not backfill (oldest still %s)", before)
 	}

@@ -11,7 +11,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -70,28 +69,10 @@ func startHAProxy(t *testing.T, bin, managerURL string, servers map[string]int) 
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	logPath := filepath.Join(dir, "haproxy.log")
-	logf, err := os.Create(logPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(bin, "-f", cfgPath, "-db")
-	cmd.Stdout, cmd.Stderr = logf, logf
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() { cmd.Wait(); logf.Close(); close(done) }()
+	startBackground(t, "haproxy", filepath.Join(dir, "haproxy.log"), nil, bin, "-f", cfgPath, "-db")
 	t.Cleanup(func() {
-		cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-done:
-		case <-time.After(5 * time.Second):
-			cmd.Process.Kill()
-			<-done
-		}
 		if t.Failed() {
-			t.Logf("haproxy.cfg:\n%s\nhaproxy log:\n%s", cfg, tail(logPath, 30))
+			t.Logf("haproxy.cfg:\n%s", cfg)
 		}
 	})
 	return &haproxyProc{readPort: readPort, statsAddr: fmt.Sprintf("127.0.0.1:%d", statsPort)}

@@ -359,3 +359,38 @@ func backgroundPgbench(t testing.TB, c *pgcluster.Cluster, clients int, d time.D
 	t.Cleanup(stop)
 	return stop
 }
+
+// startBackground runs a long-lived process in its own process group (as
+// cred when set), logging to logPath; cleanup sends SIGTERM to the group,
+// then SIGKILL.
+func startBackground(t *testing.T, name, logPath string, cred *syscall.Credential, bin string, args ...string) *exec.Cmd {
+	t.Helper()
+	logf, err := os.Create(logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cred != nil {
+		os.Chown(logPath, int(cred.Uid), int(cred.Gid))
+	}
+	cmd := exec.Command(bin, args...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Credential: cred}
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start %s: %v", name, err)
+	}
+	done := make(chan struct{})
+	go func() { cmd.Wait(); logf.Close(); close(done) }()
+	t.Cleanup(func() {
+		syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM)
+		select {
+		case <-done:
+		case <-time.After(30 * time.Second):
+		}
+		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		<-done
+		if t.Failed() {
+			t.Logf("%s log:\n%s", name, tail(logPath, 25))
+		}
+	})
+	return cmd
+}

@@ -101,12 +101,17 @@ func (s *session) dropUpstreamSlot(name string) {
 // needs and shows the slot as a walsender holding it would. It reconnects
 // after a failure or the end of a timeline.
 func (s *session) holdUpstreamSlot(ctx context.Context, slot, app string) {
+	var last string
 	for ctx.Err() == nil {
 		err := s.holdOnce(ctx, slot, app)
 		if ctx.Err() != nil {
 			return
 		}
-		s.log.Info("holding the slot's mirror on the upstream: stream ended; again in 1 s", "slot", slot, "err", err)
+		// Said once per new reason, not every second.
+		if msg := fmt.Sprint(err); msg != last {
+			last = msg
+			s.log.Warn("holding the slot's mirror on the upstream: stream ended; retrying every second", "slot", slot, "err", err)
+		}
 		select {
 		case <-ctx.Done():
 		case <-time.After(time.Second):

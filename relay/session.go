@@ -165,7 +165,9 @@ func (s *session) startup() error {
 		return err
 	}
 	id, ok := s.srv.cfg.Source.Identity()
-	if !ok {
+	// The identity is bound a moment before the store starts on a
+	// timeline: until then IDENTIFY_SYSTEM would say timeline 0 at 0/0.
+	if tli, _ := s.srv.cfg.Source.DurableEnd(); !ok || tli == 0 {
 		return fatalf("57P03", "the relay is starting up: it has not reached its upstream yet")
 	}
 	if err := s.authenticate(user); err != nil {
@@ -417,7 +419,12 @@ func (s *session) createReplicationSlot(cmd Command) error {
 		id, _ := s.srv.cfg.Source.Identity()
 		restart = end.SegmentStart(id.SegmentSize)
 	}
-	mirror := !cmd.Temporary && s.srv.cfg.MirrorSlots && s.hasUpstream()
+	// A relay's own slot on its parent stays here: mirroring it would make
+	// the primary feed every relay of the tree once more.
+	s.mu.Lock()
+	fromRelay := s.info.Relay
+	s.mu.Unlock()
+	mirror := !cmd.Temporary && !fromRelay && s.srv.cfg.MirrorSlots && s.hasUpstream()
 	if mirror {
 		if err := checkSlotName(cmd.Slot); err != nil {
 			return err
