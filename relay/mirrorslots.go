@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/walrelay/walrelay/walstream"
@@ -23,11 +22,6 @@ import (
 // relay's store; the holder reads and drops what the ancestor sends, so such
 // a client costs the ancestor one more stream, as it would without the
 // relay.
-
-func (s *session) hasUpstream() bool {
-	f := s.srv.cfg.UpstreamConnString
-	return f != nil && f() != ""
-}
 
 // ancestorExec runs one simple command on the session's connection to its
 // parent and returns the parent's error, if it answered with one.
@@ -122,13 +116,7 @@ func (s *session) holdUpstreamSlot(ctx context.Context, slot, app string) {
 func (s *session) holdOnce(ctx context.Context, slot, app string) error {
 	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	cfg, err := pgconn.ParseConfig(s.srv.cfg.UpstreamConnString())
-	if err != nil {
-		return err
-	}
-	cfg.RuntimeParams["replication"] = "true"
-	cfg.RuntimeParams["application_name"] = app
-	conn, err := pgconn.ConnectConfig(cctx, cfg)
+	conn, err := dialReplication(cctx, s.upstreamConnString(), app)
 	if err != nil {
 		return err
 	}

@@ -37,22 +37,13 @@ func (s *session) ancestorConn(what string) (*ancestor, error) {
 	if s.up != nil {
 		return s.up, nil
 	}
-	var conninfo string
-	if f := s.srv.cfg.UpstreamConnString; f != nil {
-		conninfo = f()
-	}
+	conninfo := s.upstreamConnString()
 	if conninfo == "" {
 		return nil, errorf("0A000", "%s is not available on this relay: it has no upstream to pass the command to; run it on the primary or a standby (for a base backup: pg_basebackup -h PRIMARY, then point primary_conninfo at the relay)", what)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	cfg, err := pgconn.ParseConfig(conninfo)
-	if err != nil {
-		return nil, fmt.Errorf("upstream connection string: %w", err)
-	}
-	cfg.RuntimeParams["replication"] = "true"
-	cfg.RuntimeParams["application_name"] = s.srv.cfg.NodeID + "_passthrough"
-	up, err := pgconn.ConnectConfig(ctx, cfg)
+	up, err := dialReplication(ctx, conninfo, s.srv.cfg.NodeID+"_passthrough")
 	if err != nil {
 		return nil, errorf("08006", "%s: cannot reach this relay's upstream to pass the command through: %v", what, err)
 	}
@@ -75,6 +66,26 @@ func (s *session) ancestorConn(what string) (*ancestor, error) {
 	}
 	s.up = &ancestor{conn: hc.Conn, fe: hc.Frontend}
 	return s.up, nil
+}
+
+// upstreamConnString is the relay's parent's connection string, "" when it
+// has none.
+func (s *session) upstreamConnString() string {
+	if f := s.srv.cfg.UpstreamConnString; f != nil {
+		return f()
+	}
+	return ""
+}
+
+// dialReplication opens a physical replication connection to conninfo.
+func dialReplication(ctx context.Context, conninfo, app string) (*pgconn.PgConn, error) {
+	cfg, err := pgconn.ParseConfig(conninfo)
+	if err != nil {
+		return nil, fmt.Errorf("upstream connection string: %w", err)
+	}
+	cfg.RuntimeParams["replication"] = "true"
+	cfg.RuntimeParams["application_name"] = app
+	return pgconn.ConnectConfig(ctx, cfg)
 }
 
 // closeAncestor drops the session's connection to its parent.

@@ -424,7 +424,7 @@ func (s *session) createReplicationSlot(cmd Command) error {
 	s.mu.Lock()
 	fromRelay := s.info.Relay
 	s.mu.Unlock()
-	mirror := !cmd.Temporary && !fromRelay && s.srv.cfg.MirrorSlots && s.hasUpstream()
+	mirror := !cmd.Temporary && !fromRelay && s.srv.cfg.MirrorSlots && s.upstreamConnString() != ""
 	if mirror {
 		if err := checkSlotName(cmd.Slot); err != nil {
 			return err

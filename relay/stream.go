@@ -68,7 +68,7 @@ func (s *session) startReplication(cmd Command) error {
 			return err
 		}
 		defer s.srv.slots.release(cmd.Slot, s.pid)
-		if sl, _ := s.srv.slots.get(cmd.Slot); sl.Upstream && s.srv.cfg.MirrorSlots && s.hasUpstream() {
+		if sl, _ := s.srv.slots.get(cmd.Slot); sl.Upstream && s.srv.cfg.MirrorSlots && s.upstreamConnString() != "" {
 			s.mu.Lock()
 			app := s.info.ApplicationName
 			s.mu.Unlock()
