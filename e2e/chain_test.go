@@ -141,9 +141,11 @@ func TestBackfillThroughChain(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Move the primary several segments on.
+	// Move the primary several segments on. Each switch follows a write:
+	// pg_switch_wal at the start of a segment is a no-op, and the backup's
+	// own switch may already have put the standby's copy at a segment end.
 	for i := 0; i < 3; i++ {
-		if err := primary.Exec(ctx, "INSERT INTO pgbench_history SELECT * FROM pgbench_history; SELECT pg_switch_wal()"); err != nil {
+		if err := primary.Exec(ctx, "CREATE TABLE IF NOT EXISTS backfill_filler (i int); INSERT INTO backfill_filler VALUES (1); SELECT pg_switch_wal()"); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -154,6 +156,10 @@ func TestBackfillThroughChain(t *testing.T) {
 	b := startRelay(t, "b", a.Conninfo())
 	oldest := func(r *relayProc) string { s, _ := r.Status(t)["oldest_lsn"].(string); return s }
 	before := oldest(b)
+	// The backup ends in segment 3 (or at its end): b must start past 4.
+	if v, err := pgcluster.ParseLSN(before); err != nil || v <= 0x4000000 {
+		t.Fatalf("relay b starts at %q (%v): the primary did not move past the standby's backup", before, err)
+	}
 	if err := sb.SetConf(map[string]string{"primary_conninfo": b.Conninfo() + " application_name=early"}); err != nil {
 		t.Fatal(err)
 	}
