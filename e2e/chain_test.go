@@ -155,7 +155,12 @@ func TestBackfillThroughChain(t *testing.T) {
 	a := startRelay(t, "a", primary.ReplicationConnString())
 	b := startRelay(t, "b", a.Conninfo())
 	oldest := func(r *relayProc) string { s, _ := r.Status(t)["oldest_lsn"].(string); return s }
-	before := oldest(b)
+	var before string
+	waitFor(t, 30*time.Second, "relay b holding WAL", func() (bool, error) {
+		before = oldest(b)
+		v, err := pgcluster.ParseLSN(before)
+		return err == nil && v != 0, nil
+	})
 	// The backup ends in segment 3 (or at its end): b must start past 4.
 	if v, err := pgcluster.ParseLSN(before); err != nil || v <= 0x4000000 {
 		t.Fatalf("relay b starts at %q (%v): the primary did not move past the standby's backup", before, err)
