@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -94,6 +95,9 @@ bootstrap:
     loop_wait: 1
     retry_timeout: 5
     maximum_lag_on_failover: 104857600
+    ignore_slots:
+    - {name: walrelay_r1, type: physical}
+    - {name: walrelay_r2, type: physical}
     postgresql:
       use_pg_rewind: true
       parameters:
@@ -250,10 +254,23 @@ func patroniScenario(t *testing.T, via string) {
 	})
 	t.Logf("tree:\n%s", cliT(t, "tree", "--manager", mgr.url))
 
+	// The relays become synchronous standbys the way an operator names
+	// them to Patroni: in its DCS configuration, with synchronous_mode off
+	// (Patroni then leaves synchronous_standby_names as configured). Every
+	// commit waits for the other Patroni member and one relay, so neither
+	// Patroni's choice of a new leader nor the relays lose a commit.
+	pgTool(t, "/usr/bin", "patronictl", "-c", members["pg1"].cfg, "edit-config", "--force",
+		"-p", "synchronous_standby_names="+patroniSyncNames)
+	waitFor(t, 30*time.Second, "Patroni's synchronous_standby_names on pg1", func() (bool, error) {
+		return showSetting(ctx, pg1, "synchronous_standby_names") == patroniSyncNames, nil
+	})
+
 	var leader atomic.Pointer[pgcluster.Cluster]
 	leader.Store(pg1)
 	w := startAckWriter(leader.Load)
-	defer w.finish()
+	var finishOnce sync.Once
+	finishWriter := func() { finishOnce.Do(func() { w.finish() }) }
+	defer finishWriter()
 	// follows checks that the managers, the relays and the standbys follow
 	// Patroni's leader on timeline tli, and that nothing follows old.
 	follows := func(step, want, old string) {
@@ -353,4 +370,135 @@ func patroniScenario(t *testing.T, via string) {
 		old = "pg1"
 	}
 	follows("SIGKILL of the leader's postgres", now, old)
+	finishWriter()
+	commitsWaitForRelays(t, members[now].pg, relays)
+}
+
+// patroniSyncNames names both Patroni members first (the leader's own name
+// matches no walsender) and the relays after them: a commit returns once
+// the Patroni replica and one relay have flushed it.
+const patroniSyncNames = "FIRST 2 (pg1, pg2, r1, r2)"
+
+// showSetting is a setting's value on c, or "" when c does not answer.
+func showSetting(ctx context.Context, c *pgcluster.Cluster, name string) string {
+	conn, err := c.Connect(ctx)
+	if err != nil {
+		return ""
+	}
+	defer conn.Close(ctx)
+	var v string
+	if conn.QueryRow(ctx, "SELECT current_setting($1)", name).Scan(&v) != nil {
+		return ""
+	}
+	return v
+}
+
+// commitsWaitForRelays shows what a commit on Patroni's leader waits for
+// with the relays in synchronous_standby_names: with every relay down it
+// waits (in SyncRep) although the Patroni replica has it; it returns once a
+// relay is back and has the commit durable in its store.
+func commitsWaitForRelays(t *testing.T, leader *pgcluster.Cluster, relays map[string]*relayProc) {
+	t.Helper()
+	ctx := context.Background()
+	conn, err := leader.Connect(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	rows, err := conn.Query(ctx, "SELECT application_name, sync_state FROM pg_stat_replication ORDER BY application_name")
+	if err != nil {
+		t.Fatal(err)
+	}
+	states := map[string]string{}
+	for rows.Next() {
+		var name, state string
+		if err := rows.Scan(&name, &state); err != nil {
+			t.Fatal(err)
+		}
+		states[name] = state
+	}
+	if rows.Err() != nil {
+		t.Fatal(rows.Err())
+	}
+	if v := showSetting(ctx, leader, "synchronous_standby_names"); v != patroniSyncNames {
+		t.Errorf("Patroni's leader %s has synchronous_standby_names %q after the leader changes, configured %q", leader.Name, v, patroniSyncNames)
+	}
+	t.Logf("%s's walsenders with synchronous_standby_names = %q: %v", leader.Name, patroniSyncNames, states)
+	if states["r1"] != "sync" && states["r2"] != "sync" {
+		t.Fatalf("no relay is a synchronous standby of %s: %v", leader.Name, states)
+	}
+
+	for _, r := range relays {
+		r.Kill()
+	}
+	var pid int
+	if err := conn.QueryRow(ctx, "SELECT pg_backend_pid()").Scan(&pid); err != nil {
+		t.Fatal(err)
+	}
+	type result struct {
+		lsn string
+		err error
+	}
+	done := make(chan result, 1)
+	start := time.Now()
+	go func() {
+		// The LSN read before COMMIT is before the commit record, which a
+		// synchronous standby has flushed when COMMIT returns.
+		var lsn string
+		tx, err := conn.Begin(ctx)
+		if err == nil {
+			_, err = tx.Exec(ctx, "CREATE TABLE patroni_sync_commit (t timestamptz DEFAULT now())")
+		}
+		if err == nil {
+			err = tx.QueryRow(ctx, "SELECT pg_current_wal_insert_lsn()::text").Scan(&lsn)
+		}
+		if err == nil {
+			err = tx.Commit(ctx)
+		}
+		done <- result{lsn, err}
+	}()
+	watch, err := leader.Connect(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer watch.Close(ctx)
+	waitFor(t, 30*time.Second, "the commit waiting for a synchronous standby", func() (bool, error) {
+		select {
+		case r := <-done:
+			return false, fmt.Errorf("the commit returned with every relay down (%v): it did not wait for them", r.err)
+		default:
+		}
+		var wait string
+		err := watch.QueryRow(ctx, "SELECT coalesce(wait_event, '') FROM pg_stat_activity WHERE pid = $1", pid).Scan(&wait)
+		return err == nil && wait == "SyncRep", nil
+	})
+	time.Sleep(2 * time.Second) // still waiting, though the Patroni replica is up
+	// Two Patroni loops have passed with the relays' slots inactive:
+	// ignore_slots keeps them.
+	var slots int
+	if err := watch.QueryRow(ctx, "SELECT count(*) FROM pg_replication_slots WHERE slot_name IN ('walrelay_r1', 'walrelay_r2') AND NOT active").Scan(&slots); err != nil || slots != 2 {
+		t.Errorf("the relays' slots on %s while they are down: %d inactive (%v), want 2 kept by ignore_slots", leader.Name, slots, err)
+	}
+	select {
+	case r := <-done:
+		t.Fatalf("the commit returned with every relay down (%v)", r.err)
+	default:
+	}
+	waited := time.Since(start)
+	relays["r1"].Restart(t)
+	var r result
+	select {
+	case r = <-done:
+	case <-time.After(60 * time.Second):
+		t.Fatal("the commit did not return within 60 s of relay r1's restart")
+	}
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	lsn, _ := pgcluster.ParseLSN(r.lsn)
+	if d := relayDurable(t, relays["r1"]); d < lsn {
+		t.Errorf("the commit returned before relay r1 had it durable: r1 at %s, the transaction's WAL up to %s", pgcluster.FormatLSN(d), r.lsn)
+	}
+	t.Logf("with both relays down a commit on %s waited in SyncRep for %.1fs; it returned %.1fs after relay r1 restarted, with r1 durable past it",
+		leader.Name, waited.Seconds(), time.Since(start).Seconds()-waited.Seconds())
 }
