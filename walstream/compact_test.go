@@ -19,7 +19,7 @@ func TestCompactedSegmentsReadBack(t *testing.T) {
 	defer s.Close()
 	s.Bind(testID, "15")
 	s.StartAt(1, 0)
-	end := LSN(3*testSeg + 1234)
+	end := recordEnd(3*testSeg + 20_000)
 	writeWAL(t, s, 0, end, 100_000)
 	n, err := s.CompactOnce()
 	if err != nil || n != 3 {
@@ -102,7 +102,7 @@ func TestS2CompactedSegmentsReadBack(t *testing.T) {
 	defer s.Close()
 	s.Bind(testID, "15")
 	s.StartAt(1, 0)
-	end := LSN(2*testSeg + 99)
+	end := recordEnd(2*testSeg + 20_000)
 	writeWAL(t, s, 0, end, 100_000)
 	if n, err := s.CompactOnce(); err != nil || n != 2 {
 		t.Fatalf("CompactOnce = %d, %v", n, err)

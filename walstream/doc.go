@@ -14,10 +14,12 @@
 // first byte; the store never has holes. Writes go to the .partial file and
 // become visible to readers only after fsync (Sync publishes the durable
 // end); a full segment is fsynced and renamed to its final name, and the
-// directory fsynced. On open, temp files are removed and the newest .partial
-// is cut after its last page whose header names its own address (a torn
-// tail); what remains is fsynced and is the durable end the upstream client
-// resumes from. Segments are keyed by (timeline, segment number): after a
+// directory fsynced. On open, temp files are removed and each .partial is
+// validated record by record as PostgreSQL's recovery reads WAL (page
+// headers, record lengths across pages, xl_prev, CRC-32C; walrecord.go) and
+// cut after its last whole record: a power loss may leave the unsynced tail
+// zeroed, stale or torn inside a page. What remains is fsynced and is the
+// durable end the upstream client resumes from. Segments are keyed by (timeline, segment number): after a
 // timeline switch the new timeline's copy of the switch segment is a file of
 // its own, and an old timeline's last segment may stay .partial.
 //

@@ -102,12 +102,3 @@ func zeroRange(f *os.File, from, to int64) error {
 	}
 	return nil
 }
-
-// lastNonZero returns the length of b without its trailing zero bytes.
-func lastNonZero(b []byte) int {
-	n := len(b)
-	for n > 0 && b[n-1] == 0 {
-		n--
-	}
-	return n
-}

@@ -342,16 +342,21 @@ func (s *Store) openPartial(name string, newest bool) error {
 		f.Close()
 		return fmt.Errorf("read segment %s: %w", name, err)
 	}
-	valid := s.validPrefix(data, LSN(no*s.meta.SegmentSize))
-	if uint64(len(data)) == s.meta.SegmentSize {
-		// Zero-filled when created (spare.go) and cut to its written length
-		// only by a clean Close: after a crash the WAL ends at the last
-		// byte that is not zero. WAL bytes that are zero just before that
-		// end are cut too, and the upstream sends them again.
-		valid = lastNonZero(data[:valid])
+	// After a power loss the unsynced tail may be zeroed, stale or torn
+	// inside a page: keep WAL up to the end of the last whole record, as
+	// PostgreSQL's own recovery does, and never serve what follows.
+	prev, err := s.recoveredSegment(tli, no-1)
+	if err != nil {
+		f.Close()
+		return err
 	}
+	valid, why := validRecordEnd(data, prev, LSN(no*s.meta.SegmentSize), s.meta.Identity)
 	if valid < len(data) && !allZero(data[valid:]) {
-		s.log.Warn("truncating torn WAL tail", "segment", name, "size", len(data), "valid", valid)
+		if why == "" {
+			why = "the WAL ends in a record not complete"
+		}
+		s.log.Warn("cutting the WAL tail after the last valid record", "segment", name, "size", len(data),
+			"valid_lsn", (LSN(no*s.meta.SegmentSize) + LSN(valid)).String(), "reason", why)
 	}
 	filled := false
 	if newest {
@@ -393,6 +398,30 @@ func (s *Store) openPartial(name string, newest bool) error {
 	copy(seg.mem, data[:valid])
 	s.memSegs = append(s.memSegs, seg)
 	return nil
+}
+
+// recoveredSegment is the complete segment no held for timeline tli (the
+// newest timeline at or before tli that holds it), or nil: during recovery
+// it lets the record a partial segment begins inside of be validated whole.
+func (s *Store) recoveredSegment(tli TimeLineID, no uint64) ([]byte, error) {
+	var seg *segment
+	for _, sg := range s.segs {
+		if sg.key.no == no && sg.complete && sg.key.tli <= tli && (seg == nil || sg.key.tli > seg.key.tli) {
+			seg = sg
+		}
+	}
+	if seg == nil || no == ^uint64(0) {
+		return nil, nil
+	}
+	b := make([]byte, s.meta.SegmentSize)
+	for off := 0; off < len(b); {
+		n, err := s.readAt(seg.key.tli, LSN(no*s.meta.SegmentSize)+LSN(off), b[off:], -1)
+		if err != nil {
+			return nil, fmt.Errorf("read segment %s to validate the one after it: %w", seg.path, err)
+		}
+		off += n
+	}
+	return b, nil
 }
 
 // validPrefix returns how many leading bytes of a segment's data have intact

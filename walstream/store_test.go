@@ -214,11 +214,9 @@ func TestStoreRecoversAfterCrash(t *testing.T) {
 
 	s2 := openTestStore(t, dir)
 	tli, got := s2.DurableEnd()
-	// The page holding the end is intact (its header is valid); the
-	// segment was zero-filled, so the WAL ends at its last byte that is
-	// not zero.
+	// The WAL ends on the last whole record written.
 	want := waltest.Generate(testSysID, testSeg, 1, testSeg, int(end-testSeg))
-	wantEnd := testSeg + LSN(lastNonZero(want))
+	wantEnd := recordEnd(end)
 	if tli != 1 || got != wantEnd {
 		t.Fatalf("recovered durable end %d %s, want 1 %s", tli, got, wantEnd)
 	}
@@ -250,9 +248,8 @@ func TestStoreTruncatesTornPage(t *testing.T) {
 	f.WriteAt(make([]byte, 24), 3*PageSize)
 	f.Close()
 	s2 := openTestStore(t, dir)
-	// Cut before the torn page, and before the zero bytes that end the page
-	// before it (they cannot be told from the zero fill).
-	wantEnd := LSN(lastNonZero(waltest.Generate(testSysID, testSeg, 1, 0, 3*PageSize)))
+	// Cut at the last record that is whole before the torn page.
+	wantEnd := recordEnd(3 * PageSize)
 	if _, got := s2.DurableEnd(); got != wantEnd {
 		t.Fatalf("durable end after torn page = %s, want %s", got, wantEnd)
 	}
@@ -371,4 +368,10 @@ func TestInstallSegmentAfterSwitch(t *testing.T) {
 	if err := s.InstallSegment(1, 0, make([]byte, testSeg)); err == nil {
 		t.Error("an all-zero segment installed")
 	}
+}
+
+// recordEnd is the end of the last whole record of waltest's WAL at or
+// before l: where recovery ends a store written up to l.
+func recordEnd(l LSN) LSN {
+	return LSN(waltest.RecordEndAtOrBefore(testSysID, testSeg, 1, uint64(l)))
 }
