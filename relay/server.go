@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"github.com/walrelay/walrelay/internal/vfs"
 	"log/slog"
 	"net"
 	"runtime"
@@ -194,7 +195,7 @@ func NewServer(cfg Config) (*Server, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	slots, err := openSlotStore(cfg.SlotDir, cfg.Logger)
+	slots, err := openSlotStore(vfs.OS(), cfg.SlotDir, cfg.Logger)
 	if err != nil {
 		return nil, err
 	}

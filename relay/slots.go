@@ -12,7 +12,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/walrelay/walrelay/internal/fsutil"
+	"github.com/walrelay/walrelay/internal/vfs"
 	"github.com/walrelay/walrelay/walstream"
 )
 
@@ -43,6 +43,7 @@ type slot struct {
 }
 
 type slotStore struct {
+	fs  vfs.FS
 	dir string
 	log *slog.Logger
 
@@ -58,25 +59,28 @@ type slotFile struct {
 	RestartTLI  walstream.TimeLineID `json:"restart_tli"`
 }
 
-func openSlotStore(dir string, log *slog.Logger) (*slotStore, error) {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+func openSlotStore(fsys vfs.FS, dir string, log *slog.Logger) (*slotStore, error) {
+	if err := fsys.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("create slot directory: %w", err)
 	}
-	ss := &slotStore{dir: dir, log: log, slots: make(map[string]*slot)}
-	entries, err := os.ReadDir(dir)
+	if err := fsys.SyncDir(filepath.Dir(dir)); err != nil {
+		return nil, fmt.Errorf("sync %s: %w", filepath.Dir(dir), err)
+	}
+	ss := &slotStore{fs: fsys, dir: dir, log: log, slots: make(map[string]*slot)}
+	entries, err := fsys.ReadDir(dir)
 	if err != nil {
 		return nil, fmt.Errorf("read slot directory: %w", err)
 	}
 	for _, e := range entries {
 		name := e.Name()
 		if strings.HasSuffix(name, ".tmp") {
-			os.Remove(filepath.Join(dir, name))
+			fsys.Remove(filepath.Join(dir, name))
 			continue
 		}
 		if !strings.HasSuffix(name, ".json") {
 			continue
 		}
-		b, err := os.ReadFile(filepath.Join(dir, name))
+		b, err := fsys.ReadFile(filepath.Join(dir, name))
 		if err != nil {
 			return nil, fmt.Errorf("read slot %s: %w", name, err)
 		}
@@ -180,7 +184,11 @@ func (ss *slotStore) drop(name string) error {
 	}
 	if !sl.Temporary {
 		path := filepath.Join(ss.dir, name+".json")
-		if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		if err := ss.fs.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("drop slot %s: %w", name, err)
+		}
+		// A dropped slot that came back after a crash would hold WAL.
+		if err := ss.fs.SyncDir(ss.dir); err != nil {
 			return fmt.Errorf("drop slot %s: %w", name, err)
 		}
 	}
@@ -229,7 +237,7 @@ func (ss *slotStore) persist(sl *slot) error {
 	if err != nil {
 		return err
 	}
-	if err := fsutil.WriteFileAtomic(filepath.Join(ss.dir, sl.Name+".json"), b); err != nil {
+	if err := vfs.WriteFileAtomic(ss.fs, filepath.Join(ss.dir, sl.Name+".json"), b); err != nil {
 		return fmt.Errorf("persist slot %s: %w", sl.Name, err)
 	}
 	sl.dirty, sl.persisted = false, time.Now()

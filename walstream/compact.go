@@ -4,12 +4,11 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"os"
 	"path/filepath"
 	"strings"
 	"time"
 
-	"github.com/walrelay/walrelay/internal/fsutil"
+	"github.com/walrelay/walrelay/internal/vfs"
 )
 
 // RunCompactor compresses completed segments every interval until ctx
@@ -86,10 +85,10 @@ func (s *Store) compactSegment(seg *segment) error {
 		}
 	}
 	zpath := path + CompressedSuffix
-	if err := fsutil.WriteFileAtomic(zpath, encodeZSegment(raw, s.codec)); err != nil {
+	if err := vfs.WriteFileAtomic(s.fs, zpath, encodeZSegment(raw, s.codec)); err != nil {
 		return fmt.Errorf("compress %s: %w", path, err)
 	}
-	zf, err := os.Open(zpath)
+	zf, err := s.fs.Open(zpath)
 	if err != nil {
 		return err
 	}
@@ -102,16 +101,16 @@ func (s *Store) compactSegment(seg *segment) error {
 	if s.segs[seg.key] != seg || s.closed { // removed meanwhile
 		s.mu.Unlock()
 		zf.Close()
-		return os.Remove(zpath)
+		return s.fs.Remove(zpath)
 	}
 	old := seg.f
 	seg.f, seg.path, seg.z = zf, zpath, z
 	s.mu.Unlock()
 	old.Close()
-	if err := os.Remove(path); err != nil {
+	if err := s.fs.Remove(path); err != nil {
 		return fmt.Errorf("remove %s: %w", path, err)
 	}
-	return fsutil.SyncDir(s.walDir())
+	return s.fs.SyncDir(s.walDir())
 }
 
 // ReplaceSegment swaps a held segment for raw bytes fetched again (after
@@ -134,10 +133,10 @@ func (s *Store) ReplaceSegment(tli TimeLineID, no uint64, raw []byte) error {
 		return fmt.Errorf("replace segment %s: page at offset %d is not valid WAL of system %d", name, valid, id.SystemID)
 	}
 	path := filepath.Join(s.walDir(), name)
-	if err := fsutil.WriteFileAtomic(path, raw); err != nil {
+	if err := vfs.WriteFileAtomic(s.fs, path, raw); err != nil {
 		return fmt.Errorf("replace segment %s: %w", name, err)
 	}
-	f, err := os.Open(path)
+	f, err := s.fs.Open(path)
 	if err != nil {
 		return err
 	}
@@ -148,7 +147,7 @@ func (s *Store) ReplaceSegment(tli TimeLineID, no uint64, raw []byte) error {
 	s.cache.dropSegment(seg.key)
 	old.Close()
 	if strings.HasSuffix(oldPath, CompressedSuffix) {
-		os.Remove(oldPath)
+		s.fs.Remove(oldPath)
 	}
-	return fsutil.SyncDir(s.walDir())
+	return s.fs.SyncDir(s.walDir())
 }

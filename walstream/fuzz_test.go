@@ -2,6 +2,7 @@ package walstream
 
 import (
 	"bytes"
+	"github.com/walrelay/walrelay/internal/vfs"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -129,7 +130,7 @@ func FuzzZSegmentFile(f *testing.F) {
 		if err := os.WriteFile(path, b, 0o600); err != nil {
 			t.Fatal(err)
 		}
-		fh, err := os.Open(path)
+		fh, err := vfs.OS().Open(path)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -31,17 +31,37 @@ func simpleQuery(ctx context.Context, conn *pgconn.PgConn, sql string) ([][][]by
 }
 
 // ensureSlot creates a physical slot that reserves WAL at once, accepting one
-// that already exists.
-func ensureSlot(ctx context.Context, conn *pgconn.PgConn, slot string) error {
-	_, err := simpleQuery(ctx, conn, fmt.Sprintf("CREATE_REPLICATION_SLOT %s PHYSICAL RESERVE_WAL", quoteIdent(slot)))
+// that already exists (existed is then true).
+func ensureSlot(ctx context.Context, conn *pgconn.PgConn, slot string) (existed bool, err error) {
+	_, err = simpleQuery(ctx, conn, fmt.Sprintf("CREATE_REPLICATION_SLOT %s PHYSICAL RESERVE_WAL", quoteIdent(slot)))
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) && pgErr.Code == "42710" {
-		return nil
+		return true, nil
 	}
 	if err != nil {
-		return fmt.Errorf("create replication slot %q: %w", slot, err)
+		return false, fmt.Errorf("create replication slot %q: %w", slot, err)
 	}
-	return nil
+	return false, nil
+}
+
+// slotRestart is the restart_lsn and its timeline of a physical slot on the
+// parent (READ_REPLICATION_SLOT, PostgreSQL 15 on, and relays); ok is false
+// when the parent cannot say.
+func slotRestart(ctx context.Context, conn *pgconn.PgConn, slot string) (lsn LSN, tli TimeLineID, ok bool) {
+	rows, err := simpleQuery(ctx, conn, "READ_REPLICATION_SLOT "+quoteIdent(slot))
+	if err != nil || len(rows) != 1 || len(rows[0]) != 3 || rows[0][1] == nil {
+		return 0, 0, false
+	}
+	lsn, err = ParseLSN(string(rows[0][1]))
+	if err != nil {
+		return 0, 0, false
+	}
+	if rows[0][2] != nil {
+		if t, err := parseUint(string(rows[0][2])); err == nil {
+			tli = TimeLineID(t)
+		}
+	}
+	return lsn, tli, true
 }
 
 // connectReplication opens a physical replication connection to connString

@@ -2,6 +2,7 @@ package walstream
 
 import (
 	"fmt"
+	"github.com/walrelay/walrelay/internal/vfs"
 	"os"
 	"path/filepath"
 )
@@ -24,21 +25,21 @@ const zeroChunk = 1 << 20
 // zeroFill creates path (truncating it) as size zero bytes on disk, fdatasync
 // done. On failure the file is removed: a half-filled file on a full disk
 // would hold on to the space the next attempt needs.
-func zeroFill(path string, size int64) (f *os.File, err error) {
-	f, err = os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)
+func zeroFill(fsys vfs.FS, path string, size int64) (_ vfs.File, err error) {
+	f, err := fsys.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)
 	if err != nil {
 		return nil, err
 	}
 	defer func() {
 		if err != nil {
 			f.Close()
-			os.Remove(path)
+			fsys.Remove(path)
 		}
 	}()
 	if err := zeroRange(f, 0, size); err != nil {
 		return nil, err
 	}
-	if err := datasync(f); err != nil {
+	if err := f.Datasync(); err != nil {
 		return nil, err
 	}
 	return f, nil
@@ -56,7 +57,7 @@ func (s *Store) startSpare() {
 	s.spareWG.Add(1)
 	go func() {
 		defer s.spareWG.Done()
-		f, err := zeroFill(path, size)
+		f, err := zeroFill(s.fs, path, size)
 		if err == nil {
 			err = f.Close()
 		}
@@ -68,23 +69,23 @@ func (s *Store) startSpare() {
 // the spare renamed into place, or, when no spare could be prepared, one
 // filled now (whose error, a full disk say, is the caller's). It starts
 // preparing the next spare. Writer only; s.mu unlocked.
-func (s *Store) openSegmentFile(path string) (*os.File, error) {
-	var f *os.File
+func (s *Store) openSegmentFile(path string) (vfs.File, error) {
+	var f vfs.File
 	if ch := s.spare; ch != nil {
 		s.spare = nil
 		if err := <-ch; err == nil {
-			if err := os.Rename(filepath.Join(s.walDir(), spareName), path); err != nil {
+			if err := s.fs.Rename(filepath.Join(s.walDir(), spareName), path); err != nil {
 				return nil, fmt.Errorf("rename spare segment file: %w", err)
 			}
 			var err error
-			if f, err = os.OpenFile(path, os.O_RDWR, 0); err != nil {
+			if f, err = s.fs.OpenFile(path, os.O_RDWR, 0); err != nil {
 				return nil, err
 			}
 		}
 	}
 	if f == nil {
 		var err error
-		if f, err = zeroFill(path, int64(s.segmentSize())); err != nil {
+		if f, err = zeroFill(s.fs, path, int64(s.segmentSize())); err != nil {
 			return nil, err
 		}
 	}
@@ -93,7 +94,7 @@ func (s *Store) openSegmentFile(path string) (*os.File, error) {
 }
 
 // zeroRange writes zeros over [from, to) of f.
-func zeroRange(f *os.File, from, to int64) error {
+func zeroRange(f vfs.File, from, to int64) error {
 	zero := make([]byte, min(max(to-from, 0), zeroChunk))
 	for off := from; off < to; off += int64(len(zero)) {
 		if _, err := f.WriteAt(zero[:min(int64(len(zero)), to-off)], off); err != nil {

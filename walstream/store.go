@@ -13,7 +13,7 @@ import (
 	"sync"
 	"sync/atomic"
 
-	"github.com/walrelay/walrelay/internal/fsutil"
+	"github.com/walrelay/walrelay/internal/vfs"
 )
 
 // Identity is what makes WAL from two servers interchangeable: the system
@@ -84,6 +84,9 @@ type StoreOptions struct {
 	// Codec is CodecZstd (the default) or CodecS2. Files of either are read
 	// whatever it is.
 	Codec string
+	// FS is where the store's files live: the operating system's by
+	// default; tests give a crashable one (vfs.CrashFS).
+	FS vfs.FS
 }
 
 const identityFile = "identity.json"
@@ -100,6 +103,7 @@ type metaFile struct {
 // by any number of children. See doc.go for the format and guarantees.
 type Store struct {
 	dir  string
+	fs   vfs.FS
 	log  *slog.Logger
 	tail uint64
 
@@ -127,6 +131,34 @@ type Store struct {
 	durable    atomic.Uint64
 	durableTLI atomic.Uint32
 	notify     notifier
+
+	// recovered is what recovery found at the tail of the newest partial
+	// segment, until the upstream client has checked it against what the
+	// parent was told (TakeRecoveredTail).
+	recovered *RecoveredTail
+}
+
+// RecoveredTail is what opening the store found at the end of its WAL.
+type RecoveredTail struct {
+	Timeline TimeLineID
+	// End is the end of the last whole, valid record: the store's end.
+	End LSN
+	// NextEnd is where the record cut after End would have ended by its
+	// own length field (0 when none starts there): when it lies past what
+	// was acknowledged, only a record whose end was never written was cut.
+	NextEnd LSN
+	// Damage says what invalid bytes ended the WAL ("" when it just ends).
+	Damage string
+}
+
+// TakeRecoveredTail returns what recovery found at the end of the WAL, once;
+// nil when the store opened empty or it was taken already.
+func (s *Store) TakeRecoveredTail() *RecoveredTail {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	r := s.recovered
+	s.recovered = nil
+	return r
 }
 
 type segKey struct {
@@ -137,7 +169,7 @@ type segKey struct {
 // segment is one file of the store.
 type segment struct {
 	key  segKey
-	f    *os.File // pread-safe; O_RDWR while it is the writer's
+	f    vfs.File // pread-safe; O_RDWR while it is the writer's
 	path string
 	// durable counts the bytes of this file that are fsynced and may be
 	// served. Published after fsync.
@@ -165,8 +197,12 @@ func OpenStore(dir string, opts StoreOptions) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open store %s: %w", dir, err)
 	}
+	if opts.FS == nil {
+		opts.FS = vfs.OS()
+	}
 	s := &Store{
 		dir:      dir,
+		fs:       opts.FS,
 		log:      opts.Logger,
 		tail:     opts.TailBytes,
 		segs:     make(map[segKey]*segment),
@@ -176,10 +212,17 @@ func OpenStore(dir string, opts StoreOptions) (*Store, error) {
 		codec:    codec,
 	}
 	s.notify.init()
-	if err := os.MkdirAll(s.walDir(), 0o700); err != nil {
+	if err := s.fs.MkdirAll(s.walDir(), 0o700); err != nil {
 		return nil, fmt.Errorf("create store %s: %w", dir, err)
 	}
-	b, err := os.ReadFile(filepath.Join(dir, identityFile))
+	// The directories' own names must survive a power loss too, as
+	// PostgreSQL fsyncs pg_wal's parent.
+	for _, d := range []string{filepath.Dir(dir), dir} {
+		if err := s.fs.SyncDir(d); err != nil {
+			return nil, fmt.Errorf("sync %s: %w", d, err)
+		}
+	}
+	b, err := s.fs.ReadFile(filepath.Join(dir, identityFile))
 	switch {
 	case errors.Is(err, os.ErrNotExist):
 	case err != nil:
@@ -204,7 +247,7 @@ func (s *Store) walDir() string { return filepath.Join(s.dir, "wal") }
 
 // recover scans the wal directory and rebuilds the in-memory index.
 func (s *Store) recover() error {
-	entries, err := os.ReadDir(s.walDir())
+	entries, err := s.fs.ReadDir(s.walDir())
 	if err != nil {
 		return fmt.Errorf("read %s: %w", s.walDir(), err)
 	}
@@ -213,7 +256,7 @@ func (s *Store) recover() error {
 		name := e.Name()
 		switch {
 		case strings.HasSuffix(name, ".tmp"):
-			if err := os.Remove(filepath.Join(s.walDir(), name)); err != nil {
+			if err := s.fs.Remove(filepath.Join(s.walDir(), name)); err != nil {
 				return fmt.Errorf("remove leftover %s: %w", name, err)
 			}
 		case strings.HasSuffix(name, ".history"):
@@ -221,7 +264,7 @@ func (s *Store) recover() error {
 			if _, err := fmt.Sscanf(name, "%08X.history", &tli); err != nil || len(name) != 16 {
 				return fmt.Errorf("unexpected file %s in store", name)
 			}
-			b, err := os.ReadFile(filepath.Join(s.walDir(), name))
+			b, err := s.fs.ReadFile(filepath.Join(s.walDir(), name))
 			if err != nil {
 				return fmt.Errorf("read history %s: %w", name, err)
 			}
@@ -281,14 +324,14 @@ func (s *Store) openComplete(name string) error {
 			keep, drop = nil, old.path
 			old.f.Close()
 		}
-		if err := os.Remove(drop); err != nil {
+		if err := s.fs.Remove(drop); err != nil {
 			return fmt.Errorf("remove duplicate %s: %w", drop, err)
 		}
 		if keep != nil {
 			return nil
 		}
 	}
-	f, err := os.Open(path)
+	f, err := s.fs.Open(path)
 	if err != nil {
 		return fmt.Errorf("open segment %s: %w", name, err)
 	}
@@ -331,9 +374,9 @@ func (s *Store) openPartial(name string, newest bool) error {
 	path := filepath.Join(s.walDir(), name)
 	if _, ok := s.segs[segKey{tli, no}]; ok {
 		// The rename happened; the partial is a leftover.
-		return os.Remove(path)
+		return s.fs.Remove(path)
 	}
-	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	f, err := s.fs.OpenFile(path, os.O_RDWR, 0)
 	if err != nil {
 		return fmt.Errorf("open segment %s: %w", name, err)
 	}
@@ -350,13 +393,18 @@ func (s *Store) openPartial(name string, newest bool) error {
 		f.Close()
 		return err
 	}
-	valid, why := validRecordEnd(data, prev, LSN(no*s.meta.SegmentSize), s.meta.Identity)
+	segStart := LSN(no * s.meta.SegmentSize)
+	rt := validRecordEnd(data, prev, segStart, s.meta.Identity)
+	valid, why := rt.valid, rt.why
+	if newest {
+		s.recovered = &RecoveredTail{Timeline: tli, End: segStart + LSN(valid), NextEnd: rt.nextEnd, Damage: rt.why}
+	}
 	if valid < len(data) && !allZero(data[valid:]) {
 		if why == "" {
 			why = "the WAL ends in a record not complete"
 		}
 		s.log.Warn("cutting the WAL tail after the last valid record", "segment", name, "size", len(data),
-			"valid_lsn", (LSN(no*s.meta.SegmentSize) + LSN(valid)).String(), "reason", why)
+			"valid_lsn", (segStart + LSN(valid)).String(), "reason", why)
 	}
 	filled := false
 	if newest {
@@ -483,7 +531,7 @@ func (s *Store) Bind(id Identity, serverVersion string) error {
 	if err != nil {
 		return err
 	}
-	if err := fsutil.WriteFileAtomic(filepath.Join(s.dir, identityFile), b); err != nil {
+	if err := vfs.WriteFileAtomic(s.fs, filepath.Join(s.dir, identityFile), b); err != nil {
 		return fmt.Errorf("write store identity: %w", err)
 	}
 	s.meta, s.hasMeta = meta, true

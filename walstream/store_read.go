@@ -8,7 +8,7 @@ import (
 	"sort"
 	"time"
 
-	"github.com/walrelay/walrelay/internal/fsutil"
+	"github.com/walrelay/walrelay/internal/vfs"
 )
 
 // The methods in this file are safe for concurrent use by any number of
@@ -80,7 +80,7 @@ func (s *Store) readOnce(tli TimeLineID, lsn LSN, p []byte, limit int64, view bo
 	seg := s.segs[key]
 	var mem []byte
 	var z *zsegment
-	var f *os.File
+	var f vfs.File
 	var path string
 	var pin View
 	if seg != nil {
@@ -108,7 +108,7 @@ type segRead struct {
 	segSize uint64
 	mem     []byte
 	z       *zsegment
-	f       *os.File
+	f       vfs.File
 	path    string
 }
 
@@ -198,7 +198,7 @@ func (s *Store) RemoveBefore(lsn LSN) (int, error) {
 		if !seg.complete || (k.no+1)*segSize > uint64(lsn) {
 			continue
 		}
-		if err := os.Remove(seg.path); err != nil {
+		if err := s.fs.Remove(seg.path); err != nil {
 			return removed, fmt.Errorf("remove segment %s: %w", seg.path, err)
 		}
 		seg.f.Close()
@@ -206,7 +206,7 @@ func (s *Store) RemoveBefore(lsn LSN) (int, error) {
 		removed++
 	}
 	if removed > 0 {
-		if err := fsutil.SyncDir(s.walDir()); err != nil {
+		if err := s.fs.SyncDir(s.walDir()); err != nil {
 			return removed, fmt.Errorf("sync %s: %w", s.walDir(), err)
 		}
 	}
@@ -232,7 +232,7 @@ type SegmentInfo struct {
 func (s *Store) SegmentInfos() []SegmentInfo {
 	type snap struct {
 		info SegmentInfo
-		f    *os.File
+		f    vfs.File
 	}
 	s.mu.Lock()
 	segSize := s.meta.SegmentSize

@@ -4,11 +4,10 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"os"
 	"path/filepath"
 	"syscall"
 
-	"github.com/walrelay/walrelay/internal/fsutil"
+	"github.com/walrelay/walrelay/internal/vfs"
 )
 
 // The methods in this file belong to the store's single writer (the upstream
@@ -63,7 +62,7 @@ func (s *Store) SwitchTimeline(tli TimeLineID, switchPoint LSN) error {
 		if err := s.flush(w); err != nil {
 			return err
 		}
-		if err := datasync(w.f); err != nil {
+		if err := w.f.Datasync(); err != nil {
 			return &SyncError{fmt.Errorf("sync segment %s: %w", w.path, err)}
 		}
 		w.durable.Store(w.size)
@@ -160,7 +159,7 @@ func (s *Store) finishSegment(seg *segment) error {
 	if err := s.flush(seg); err != nil {
 		return err
 	}
-	if err := datasync(seg.f); err != nil {
+	if err := seg.f.Datasync(); err != nil {
 		return &SyncError{fmt.Errorf("sync segment %s: %w", seg.path, err)}
 	}
 	s.mu.Lock()
@@ -211,7 +210,7 @@ func (s *Store) Sync() (LSN, error) {
 		if err := s.flush(seg); err != nil {
 			return LSN(s.durable.Load()), err
 		}
-		if err := datasync(seg.f); err != nil {
+		if err := seg.f.Datasync(); err != nil {
 			return LSN(s.durable.Load()), &SyncError{fmt.Errorf("sync segment %s: %w", seg.path, err)}
 		}
 		seg.durable.Store(seg.size)
@@ -238,7 +237,7 @@ func (s *Store) newSegment(tli TimeLineID, no uint64) error {
 	if err != nil {
 		return fmt.Errorf("create segment %s: %w", name, err)
 	}
-	if err := fsutil.SyncDir(s.walDir()); err != nil {
+	if err := s.fs.SyncDir(s.walDir()); err != nil {
 		f.Close()
 		return fmt.Errorf("sync %s: %w", s.walDir(), err)
 	}
@@ -264,11 +263,11 @@ func (s *Store) newSegment(tli TimeLineID, no uint64) error {
 // s.mu held.
 func (s *Store) completeSegment(seg *segment) error {
 	final := filepath.Join(s.walDir(), SegmentFileName(seg.key.tli, seg.key.no, s.meta.SegmentSize))
-	if err := os.Rename(seg.path, final); err != nil {
+	if err := s.fs.Rename(seg.path, final); err != nil {
 		return fmt.Errorf("rename %s: %w", seg.path, err)
 	}
 	seg.path = final // a retry after a failed directory sync renames in place
-	if err := fsutil.SyncDir(s.walDir()); err != nil {
+	if err := s.fs.SyncDir(s.walDir()); err != nil {
 		return fmt.Errorf("sync %s: %w", s.walDir(), err)
 	}
 	seg.complete = true
@@ -288,7 +287,7 @@ func (s *Store) WriteHistory(tli TimeLineID, content []byte) error {
 		return nil
 	}
 	name := HistoryFileName(tli)
-	if err := fsutil.WriteFileAtomic(filepath.Join(s.walDir(), name), content); err != nil {
+	if err := vfs.WriteFileAtomic(s.fs, filepath.Join(s.walDir(), name), content); err != nil {
 		return fmt.Errorf("write history file %s: %w", name, err)
 	}
 	s.mu.Lock()
@@ -324,10 +323,10 @@ func (s *Store) InstallSegment(tli TimeLineID, no uint64, data []byte) error {
 		return fmt.Errorf("install segment %s: page at offset %d is not valid WAL of system %d", name, valid, id.SystemID)
 	}
 	path := filepath.Join(s.walDir(), name)
-	if err := fsutil.WriteFileAtomic(path, data); err != nil {
+	if err := vfs.WriteFileAtomic(s.fs, path, data); err != nil {
 		return fmt.Errorf("install segment %s: %w", name, err)
 	}
-	f, err := os.Open(path)
+	f, err := s.fs.Open(path)
 	if err != nil {
 		return fmt.Errorf("install segment %s: %w", name, err)
 	}

@@ -131,6 +131,8 @@ type Upstream struct {
 	cancelStream context.CancelFunc
 
 	serverEnd atomic.Uint64 // parent's reported flush position
+	// lostAcknowledged counts recoveries that found acknowledged WAL gone.
+	lostAcknowledged atomic.Uint64
 	// minTimeline bounds the parent's timeline from below (SetMinTimeline).
 	minTimeline atomic.Uint32
 	lastFull    bool // the last WAL message was MaxSendSize long (copyLoop only)
@@ -410,9 +412,14 @@ func (u *Upstream) handshake(ctx context.Context, conn *pgconn.PgConn, log *slog
 		return 0, 0, &storeError{err}
 	}
 	u.serverEnd.Store(uint64(sys.XLogPos))
+	recovered := u.store.TakeRecoveredTail()
 	if u.cfg.Slot != "" {
-		if err := ensureSlot(ctx, conn, u.cfg.Slot); err != nil {
+		existed, err := ensureSlot(ctx, conn, u.cfg.Slot)
+		if err != nil {
 			return 0, 0, err
+		}
+		if existed && recovered != nil {
+			u.checkAcknowledged(ctx, conn, log, recovered)
 		}
 	}
 	serverTLI := TimeLineID(sys.Timeline)
@@ -428,6 +435,31 @@ func (u *Upstream) handshake(ctx context.Context, conn *pgconn.PgConn, log *slog
 		log.Info("empty store: starting at the parent's current segment", "timeline", tli, "start_lsn", end.String())
 	}
 	return u.followTimelines(ctx, conn, log, tli, end, serverTLI)
+}
+
+// checkAcknowledged compares the end the store recovered with what this
+// relay had acknowledged to its parent as flushed, which the parent keeps as
+// its slot's restart_lsn. When fsync did its job the store holds every byte
+// acknowledged, and recovery cuts at most a record whose end was never
+// written. Anything more means the disk lost acknowledged WAL (fsync lied,
+// or the data was damaged): that is said loudly. Nothing doubtful is served
+// either way: the store ends at its last valid record and streaming resumes
+// there, fetching the rest again from the parent.
+func (u *Upstream) checkAcknowledged(ctx context.Context, conn *pgconn.PgConn, log *slog.Logger, rt *RecoveredTail) {
+	ack, tli, ok := slotRestart(ctx, conn, u.cfg.Slot)
+	if !ok {
+		log.Debug("cannot read this relay's slot on the parent to check the recovered WAL against it", "slot", u.cfg.Slot)
+		return
+	}
+	if (tli != 0 && tli != rt.Timeline) || ack <= alignUp(rt.End) || ack < rt.NextEnd {
+		// Only the record in progress at the acknowledged position, whose
+		// end was never flushed, was cut.
+		return
+	}
+	u.lostAcknowledged.Add(1)
+	log.Error("the store lost WAL it had acknowledged to its parent as flushed: the disk did not keep what fsync reported durable, or damaged it; that WAL is fetched again from the parent and nothing after the last valid record is served",
+		"acknowledged_lsn", ack.String(), "recovered_lsn", rt.End.String(), "timeline", rt.Timeline, "damage", rt.Damage,
+		"lost_bytes", uint64(ack-rt.End))
 }
 
 // TimelineError reports a parent whose timeline history does not contain

@@ -176,6 +176,10 @@ func (w walSpan) readRecord(pos, prev LSN, magic uint16) (Record, error) {
 			// Records are 8-aligned, so xl_tot_len is always on the
 			// record's first page.
 			totLen = binary.LittleEndian.Uint32(hdr[:])
+			if totLen == 0 && allZero(hdr[:4]) {
+				// Zeros where a record would start: the WAL ends here.
+				return Record{}, &RecordError{At: start, Reason: "invalid record length 0", Incomplete: true}
+			}
 			if totLen < recordHeaderLen || totLen > maxRecordLen {
 				return Record{}, &RecordError{At: start, Reason: fmt.Sprintf("invalid record length %d", totLen)}
 			}
@@ -259,18 +263,56 @@ func ScanSegment(data []byte, segStart LSN, id Identity) (recs []Record, stop er
 	return w.scanRecords(first, 0)
 }
 
-// validRecordEnd returns how many leading bytes of a segment's data end on
-// its last whole, valid record: what recovery keeps. prevSeg, when not nil,
-// is the complete segment before it (same history): it lets the record the
-// segment begins inside of be validated as a whole. Without it that
-// continuation is checked by its page headers only, as a reader starting at
-// this segment would do. why says what invalid bytes ended the WAL; it is
-// "" when the WAL simply ends (zeros, or a record not complete).
-func validRecordEnd(data, prevSeg []byte, segStart LSN, id Identity) (valid int, why string) {
+// recoveredTail is what validating a segment's tail found: valid bytes end
+// on the last whole record; reached is how far bytes that look written go
+// (past valid when a record was cut only because its end was not written).
+type recoveredTail struct {
+	valid int
+	// nextEnd is where the record after the valid ones would end by its
+	// length field, when one starts there (0: zeros, or not readable).
+	nextEnd LSN
+	why     string // what invalid bytes ended the WAL; "" when it just ends
+}
+
+// claimedEnd is where a record starting at start with length totLen ends,
+// counting the page headers it crosses.
+func claimedEnd(start LSN, totLen uint32, segSize uint64) LSN {
+	pos, left := start, LSN(totLen)
+	for {
+		onPage := LSN(PageSize) - LSN(uint64(pos)%PageSize)
+		if left <= onPage {
+			return pos + left
+		}
+		left -= onPage
+		pos += onPage
+		pos += pageHeaderLen(pos, segSize)
+	}
+}
+
+// validRecordEnd validates a segment's data (from its first byte) record by
+// record and says where the WAL it can vouch for ends: what recovery keeps.
+// prevSeg, when not nil, is the complete segment before it (same history):
+// it lets the record the segment begins inside of be validated as a whole.
+// Without it that continuation is checked by its page headers only, as a
+// reader starting at this segment would do.
+func validRecordEnd(data, prevSeg []byte, segStart LSN, id Identity) recoveredTail {
 	w := walSpan{data: data, base: segStart, id: id}
+	tail := func(end LSN, stop error) recoveredTail {
+		t := recoveredTail{valid: int(end - segStart), why: reason(stop)}
+		next := alignUp(end)
+		if uint64(next)%PageSize == 0 {
+			next += pageHeaderLen(next, id.SegmentSize)
+		}
+		if end > segStart && next+4 <= w.end() {
+			if l := binary.LittleEndian.Uint32(w.at(next)); l >= recordHeaderLen && l <= maxRecordLen {
+				t.nextEnd = claimedEnd(next, l, id.SegmentSize)
+			}
+		}
+		return t
+	}
 	info, _, err := w.checkPageAt(segStart, 0)
 	if err != nil {
-		return 0, reason(err)
+		return tail(segStart, err)
 	}
 	var recs []Record
 	var stop error
@@ -291,7 +333,7 @@ func validRecordEnd(data, prevSeg []byte, segStart LSN, id Identity) (valid int,
 				if len(recs) == 0 {
 					// The record crossing into this segment is not whole:
 					// nothing of this segment can be kept.
-					return 0, reason(stop)
+					return tail(segStart, stop)
 				}
 			}
 		}
@@ -300,10 +342,10 @@ func validRecordEnd(data, prevSeg []byte, segStart LSN, id Identity) (valid int,
 	if recs == nil {
 		first, ok, err := w.firstRecord(segStart)
 		if err != nil {
-			return 0, reason(err)
+			return tail(segStart, err)
 		}
 		if !ok {
-			return 0, ""
+			return tail(segStart, &RecordError{At: segStart, Reason: "continuation not complete", Incomplete: true})
 		}
 		if first > segStart+longPageHeaderLen {
 			end = first // a continuation checked by its page headers
@@ -313,7 +355,7 @@ func validRecordEnd(data, prevSeg []byte, segStart LSN, id Identity) (valid int,
 	if len(recs) > 0 {
 		end = max(end, recs[len(recs)-1].End)
 	}
-	return int(end - segStart), reason(stop)
+	return tail(end, stop)
 }
 
 // reason is why a scan stopped, "" when the WAL just ends there.
@@ -321,7 +363,7 @@ func reason(err error) string {
 	if err == nil {
 		return ""
 	}
-	if re, ok := err.(*RecordError); ok && (re.Incomplete || re.Reason == "invalid record length 0") {
+	if re, ok := err.(*RecordError); ok && re.Incomplete {
 		return ""
 	}
 	return err.Error()

@@ -193,7 +193,8 @@ func TestValidRecordEndCutsDamage(t *testing.T) {
 			if c.prev {
 				prev = seg4
 			}
-			got, why := validRecordEnd(b, prev, realSeg5, realID)
+			rt := validRecordEnd(b, prev, realSeg5, realID)
+			got, why := rt.valid, rt.why
 			if got != c.want {
 				t.Errorf("valid end %s, want %s (why %q)", realSeg5+LSN(got), realSeg5+LSN(c.want), why)
 			}
@@ -232,7 +233,7 @@ func TestValidRecordEndEveryPrefix(t *testing.T) {
 		if want == 0 && n >= int(realCrossEnd-realSeg5) {
 			want = realCrossEnd
 		}
-		got, _ := validRecordEnd(seg5[:n], seg4, realSeg5, realID)
+		got := validRecordEnd(seg5[:n], seg4, realSeg5, realID).valid
 		if want == 0 {
 			if got != 0 {
 				t.Fatalf("prefix %d: valid end %s inside the record crossing from segment 4", n, realSeg5+LSN(got))

@@ -5,8 +5,8 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"github.com/walrelay/walrelay/internal/vfs"
 	"hash/crc32"
-	"os"
 	"sync"
 
 	"github.com/klauspost/compress/s2"
@@ -147,7 +147,7 @@ func encodeZSegment(raw []byte, codec byte) []byte {
 }
 
 // openZSegment reads and checks the header and index of a compressed file.
-func openZSegment(f *os.File, segSize uint64) (*zsegment, error) {
+func openZSegment(f vfs.File, segSize uint64) (*zsegment, error) {
 	hdr := make([]byte, zsegHeaderLen)
 	if _, err := f.ReadAt(hdr, 0); err != nil {
 		return nil, fmt.Errorf("read header: %w", err)
@@ -191,7 +191,7 @@ func openZSegment(f *os.File, segSize uint64) (*zsegment, error) {
 }
 
 // frame returns the decoded bytes of frame i, verified.
-func (z *zsegment) frame(f *os.File, name string, i int) ([]byte, error) {
+func (z *zsegment) frame(f vfs.File, name string, i int) ([]byte, error) {
 	fr := z.frames[i]
 	comp := make([]byte, fr.length)
 	if _, err := f.ReadAt(comp, fr.off); err != nil {
