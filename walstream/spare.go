@@ -54,14 +54,21 @@ func (s *Store) startSpare() {
 	ch := make(chan error, 1)
 	s.spare = ch
 	path, size := filepath.Join(s.walDir(), spareName), int64(s.segmentSize())
-	s.spareWG.Add(1)
-	go func() {
-		defer s.spareWG.Done()
+	prepare := func() {
 		f, err := zeroFill(s.fs, path, size)
 		if err == nil {
 			err = f.Close()
 		}
 		ch <- err
+	}
+	if s.inlineSpare {
+		prepare()
+		return
+	}
+	s.spareWG.Add(1)
+	go func() {
+		defer s.spareWG.Done()
+		prepare()
 	}()
 }
 

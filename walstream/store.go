@@ -125,6 +125,9 @@ type Store struct {
 	// (spare.go); nil when none is under way. Writer only.
 	spare   chan error
 	spareWG sync.WaitGroup
+	// inlineSpare prepares the spare on the writer's path: the crash
+	// tests need one order of file operations to replay a seed.
+	inlineSpare bool
 
 	// durable is the end of what is fsynced, on durableTLI. Published after
 	// fsync, read without the lock by children.

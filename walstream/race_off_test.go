@@ -1,0 +1,5 @@
+//go:build !race
+
+package walstream
+
+const raceEnabled = false
