@@ -26,19 +26,22 @@ import (
 //   - a prefix of the stream, ending on a record boundary;
 //   - at or past the last record end acknowledged (returned by Sync) before
 //     the crash;
-//   - no leftover or half-renamed file: only segments, the newest .partial,
-//     and identity.json.
+//   - no leftover or half-renamed file: only segments (raw or compressed),
+//     one .partial, and the history file, whole, if it was written.
 //
 // WALRELAY_CRASHES sets how many crashes (default 2000, 200 under the race
 // detector: `make test` runs it both ways; `make crash` runs many more);
 // WALRELAY_CRASH_SEED replays one run.
 
 type crashPoint struct {
-	fs     *vfs.CrashFS
-	acked  LSN // the last end Sync returned before the crash
+	fs      *vfs.CrashFS
+	acked   LSN  // the last end Sync returned before the crash
+	history bool // WriteHistory had returned
 	op     string
 	serial int
 }
+
+var crashHistory = []byte("1\t0/2A0000\tno recovery target specified\n")
 
 func crashCount(t *testing.T) int {
 	n := 2000
@@ -114,6 +117,7 @@ func powerLossLife(t *testing.T, seed uint64, n int, compress bool, stream []byt
 		crashRNG = rand.New(rand.NewPCG(seed, 2))
 		points   []crashPoint
 		acked    atomic.Uint64
+		history  atomic.Bool
 		serial   int
 	)
 	cfs.SetFault(func(op vfs.Op, p string) error {
@@ -122,8 +126,8 @@ func powerLossLife(t *testing.T, seed uint64, n int, compress bool, stream []byt
 		serial++
 		if len(points) < n && crashRNG.IntN(3) == 0 {
 			// What was acknowledged before the crash: read first.
-			ack := LSN(acked.Load())
-			points = append(points, crashPoint{fs: cfs.Crash(crashRNG), acked: ack, op: op.String() + " " + p, serial: serial})
+			ack, hist := LSN(acked.Load()), history.Load()
+			points = append(points, crashPoint{fs: cfs.Crash(crashRNG), acked: ack, history: hist, op: op.String() + " " + p, serial: serial})
 		}
 		return nil
 	})
@@ -158,6 +162,13 @@ func powerLossLife(t *testing.T, seed uint64, n int, compress bool, stream []byt
 				t.Fatal(err)
 			}
 			acked.Store(uint64(end))
+		}
+		if !history.Load() && rng.IntN(100) == 0 {
+			// A history file, as when the parent's timeline changes.
+			if err := s.WriteHistory(2, crashHistory); err != nil {
+				t.Fatal(err)
+			}
+			history.Store(true)
 		}
 		if compress && rng.IntN(50) == 0 {
 			if _, err := s.CompactOnce(); err != nil {
@@ -218,6 +229,9 @@ func checkRecovery(t *testing.T, dir string, p crashPoint, stream []byte) {
 			fail("recovered WAL up to %s is not a prefix of the stream", end)
 		}
 	}
+	if h, ok := s.History(2); ok && !bytes.Equal(h, crashHistory) || !ok && p.history {
+		fail("history file of timeline 2: held %v, %q; written before the crash: %v", ok, h, p.history)
+	}
 	entries, err := p.fs.ReadDir(path.Join(dir, "wal"))
 	if err != nil {
 		fail("read wal directory: %v", err)
@@ -230,6 +244,7 @@ func checkRecovery(t *testing.T, dir string, p crashPoint, stream []byte) {
 			fail("leftover %s after recovery", name)
 		case strings.HasSuffix(name, PartialSuffix):
 			partials++
+		case name == HistoryFileName(2):
 		default:
 			if _, _, err := ParseSegmentFileName(strings.TrimSuffix(name, CompressedSuffix), testSeg); err != nil {
 				fail("unexpected file %s", name)
