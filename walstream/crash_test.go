@@ -37,8 +37,8 @@ type crashPoint struct {
 	fs      *vfs.CrashFS
 	acked   LSN  // the last end Sync returned before the crash
 	history bool // WriteHistory had returned
-	op     string
-	serial int
+	op      string
+	serial  int
 }
 
 var crashHistory = []byte("1\t0/2A0000\tno recovery target specified\n")
