@@ -131,8 +131,6 @@ type Upstream struct {
 	cancelStream context.CancelFunc
 
 	serverEnd atomic.Uint64 // parent's reported flush position
-	// lostAcknowledged counts recoveries that found acknowledged WAL gone.
-	lostAcknowledged atomic.Uint64
 	// minTimeline bounds the parent's timeline from below (SetMinTimeline).
 	minTimeline atomic.Uint32
 	lastFull    bool // the last WAL message was MaxSendSize long (copyLoop only)
@@ -451,12 +449,13 @@ func (u *Upstream) checkAcknowledged(ctx context.Context, conn *pgconn.PgConn, l
 		log.Debug("cannot read this relay's slot on the parent to check the recovered WAL against it", "slot", u.cfg.Slot)
 		return
 	}
-	if (tli != 0 && tli != rt.Timeline) || ack <= alignUp(rt.End) || ack < rt.NextEnd {
+	if (tli != 0 && tli != rt.Timeline) || ack < alignUp(rt.End)+recordHeaderLen || ack < rt.NextEnd {
 		// Only the record in progress at the acknowledged position, whose
-		// end was never flushed, was cut.
+		// end was never flushed, was cut (or less than a record header of
+		// it was acknowledged).
 		return
 	}
-	u.lostAcknowledged.Add(1)
+	u.m.lostAcknowledged.Inc()
 	log.Error("the store lost WAL it had acknowledged to its parent as flushed: the disk did not keep what fsync reported durable, or damaged it; that WAL is fetched again from the parent and nothing after the last valid record is served",
 		"acknowledged_lsn", ack.String(), "recovered_lsn", rt.End.String(), "timeline", rt.Timeline, "damage", rt.Damage,
 		"lost_bytes", uint64(ack-rt.End))
@@ -732,12 +731,13 @@ const (
 )
 
 type upstreamMetrics struct {
-	received     prometheus.Counter
-	receivedWire prometheus.Counter
-	reconnects   prometheus.Counter
-	connected    prometheus.Gauge
-	diskFull     prometheus.Gauge
-	fsync        prometheus.Histogram
+	received         prometheus.Counter
+	receivedWire     prometheus.Counter
+	reconnects       prometheus.Counter
+	connected        prometheus.Gauge
+	lostAcknowledged prometheus.Counter
+	diskFull         prometheus.Gauge
+	fsync            prometheus.Histogram
 }
 
 func newUpstreamMetrics(reg prometheus.Registerer) *upstreamMetrics {
@@ -757,13 +757,17 @@ func newUpstreamMetrics(reg prometheus.Registerer) *upstreamMetrics {
 		diskFull: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "walrelay_store_disk_full", Help: "1 while the WAL store is out of space and the relay has stopped receiving WAL.",
 		}),
+		lostAcknowledged: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "walrelay_store_lost_acknowledged_total",
+			Help: "Restarts that found WAL gone from the store that had been acknowledged to the parent as flushed (the disk did not keep what fsync reported).",
+		}),
 		fsync: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name: "walrelay_store_fsync_seconds", Help: "Time to make a received batch durable.",
 			Buckets: prometheus.ExponentialBuckets(0.0001, 2, 16),
 		}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.received, m.receivedWire, m.reconnects, m.connected, m.diskFull, m.fsync)
+		reg.MustRegister(m.received, m.receivedWire, m.reconnects, m.connected, m.diskFull, m.lostAcknowledged, m.fsync)
 	}
 	return m
 }
