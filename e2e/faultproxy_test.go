@@ -1,16 +1,20 @@
 package e2e
 
 import (
-	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
 
-// faultProxy sits on a TCP link between two processes and can cut it
-// (close every connection), blackhole it (stop moving bytes, connections
-// left open, as a stalled peer or a dead network path looks) or delay it.
+// faultProxy sits on a TCP link between two processes (127.0.0.1 only) and
+// can cut it (close every connection), blackhole it (stop moving bytes,
+// connections left open, as a stalled peer or a dead network path looks),
+// stall each chunk (SetDelay), or shape it like a link between regions:
+// a one-way delay (SetLatency) and a bandwidth cap shared by every
+// connection through it, per direction (SetRate). All of it can be changed
+// while traffic flows, and it counts the bytes it carries.
 type faultProxy struct {
 	ln     net.Listener
 	target string
@@ -19,9 +23,25 @@ type faultProxy struct {
 	conns     map[net.Conn]struct{}
 	blackhole bool
 	resumed   chan struct{} // closed when a blackhole ends
-	delay     time.Duration
+	delay     time.Duration // stall per chunk (SetDelay)
+	latency   time.Duration // one-way delay (SetLatency)
 	cuts      int
+
+	// Per direction: to the target (client to server) and back.
+	toTarget, fromTarget linkDir
 }
+
+// linkDir is one direction of a shaped link: a token bucket shared by the
+// connections through it, and a byte count.
+type linkDir struct {
+	bucket tokenBucket
+	bytes  atomic.Int64
+}
+
+// shapedQueueBytes bounds what one direction of one connection holds in
+// flight (read, not yet delivered): a bottleneck's buffer. Past it the
+// proxy stops reading, and TCP pushes back on the sender.
+const shapedQueueBytes = 4 << 20
 
 func startFaultProxy(t testing.TB, target string) *faultProxy {
 	t.Helper()
@@ -67,8 +87,8 @@ func (p *faultProxy) serve(client net.Conn) {
 	p.mu.Unlock()
 	var wg sync.WaitGroup
 	wg.Add(2)
-	go func() { defer wg.Done(); p.pipe(server, client) }()
-	go func() { defer wg.Done(); p.pipe(client, server) }()
+	go func() { defer wg.Done(); p.pipe(server, client, &p.toTarget) }()
+	go func() { defer wg.Done(); p.pipe(client, server, &p.fromTarget) }()
 	wg.Wait()
 	p.mu.Lock()
 	delete(p.conns, client)
@@ -76,30 +96,84 @@ func (p *faultProxy) serve(client net.Conn) {
 	p.mu.Unlock()
 }
 
-// pipe copies in small chunks so that a blackhole can stop a message in
-// its middle.
-func (p *faultProxy) pipe(dst, src net.Conn) {
+type chunk struct {
+	b   []byte
+	due time.Time
+}
+
+// pipe copies src to dst: a reader stamps each chunk with when it may be
+// delivered (now + the one-way delay), a writer delivers it then, within
+// the direction's rate. Reading goes on while earlier chunks are in
+// flight, so a long link stays full instead of moving one chunk per delay.
+// Chunks are small (1 KiB) so that a blackhole can stop a message in its
+// middle; 32 KiB when the link is shaped, to keep high rates cheap.
+func (p *faultProxy) pipe(dst, src net.Conn, dir *linkDir) {
 	defer dst.Close()
 	defer src.Close()
-	buf := make([]byte, 1024)
+	queue := make(chan chunk, 4096)
+	var inFlight sync.Mutex
+	space := sync.NewCond(&inFlight)
+	queued, dead := 0, false
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		defer src.Close() // a failed write stops the reader too
+		for c := range queue {
+			if d := time.Until(c.due); d > 0 {
+				time.Sleep(d)
+			}
+			p.mu.Lock()
+			resumed := p.resumed
+			p.mu.Unlock()
+			<-resumed
+			dir.bucket.take(len(c.b))
+			_, err := dst.Write(c.b)
+			inFlight.Lock()
+			queued -= len(c.b)
+			dead = err != nil
+			space.Broadcast()
+			inFlight.Unlock()
+			if err != nil {
+				src.Close()
+				for range queue { // let the reader finish
+				}
+				return
+			}
+			dir.bytes.Add(int64(len(c.b)))
+		}
+	}()
+	defer func() { close(queue); <-done }()
 	for {
+		p.mu.Lock()
+		shaped := p.latency > 0 || dir.bucket.limited()
+		p.mu.Unlock()
+		size := 1024
+		if shaped {
+			size = 32 << 10
+		}
+		buf := make([]byte, size)
 		n, err := src.Read(buf)
 		if n > 0 {
 			p.mu.Lock()
-			resumed, delay := p.resumed, p.delay
+			resumed, delay, latency := p.resumed, p.delay, p.latency
 			p.mu.Unlock()
 			<-resumed
 			if delay > 0 {
 				time.Sleep(delay)
 			}
-			if _, werr := dst.Write(buf[:n]); werr != nil {
+			inFlight.Lock()
+			for !dead && queued > 0 && queued+n > shapedQueueBytes {
+				space.Wait()
+			}
+			queued += n
+			stop := dead
+			inFlight.Unlock()
+			if stop {
 				return
 			}
+			queue <- chunk{b: buf[:n], due: time.Now().Add(latency)}
 		}
 		if err != nil {
-			if err != io.EOF {
-				return
-			}
 			return
 		}
 	}
@@ -130,9 +204,74 @@ func (p *faultProxy) SetBlackhole(on bool) {
 	}
 }
 
-// SetDelay delays every chunk forwarded.
+// SetDelay stalls every chunk forwarded by d (a slow peer, not a long
+// link: see SetLatency).
 func (p *faultProxy) SetDelay(d time.Duration) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.delay = d
+}
+
+// SetLatency delays every byte by d one way (each direction), as a long
+// link does, without limiting how many are in flight.
+func (p *faultProxy) SetLatency(d time.Duration) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.latency = d
+}
+
+// SetRate caps each direction at bytesPerSec, shared by every connection
+// through the proxy (0: no cap).
+func (p *faultProxy) SetRate(bytesPerSec int64) {
+	p.toTarget.bucket.setRate(bytesPerSec)
+	p.fromTarget.bucket.setRate(bytesPerSec)
+}
+
+// Bytes is how many bytes went through, to the target and back.
+func (p *faultProxy) Bytes() (toTarget, fromTarget int64) {
+	return p.toTarget.bytes.Load(), p.fromTarget.bytes.Load()
+}
+
+// tokenBucket paces bytes at a rate, with a burst of 64 KiB or 10 ms of
+// the rate, whichever is larger; the zero value is unlimited.
+type tokenBucket struct {
+	mu     sync.Mutex
+	rate   float64 // bytes per second; 0 unlimited
+	tokens float64
+	last   time.Time
+}
+
+func (b *tokenBucket) setRate(r int64) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.rate, b.tokens, b.last = float64(r), 0, time.Now()
+}
+
+func (b *tokenBucket) limited() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.rate > 0
+}
+
+// take waits until n bytes may pass.
+func (b *tokenBucket) take(n int) {
+	for {
+		b.mu.Lock()
+		if b.rate == 0 {
+			b.mu.Unlock()
+			return
+		}
+		now := time.Now()
+		burst := max(64<<10, b.rate/100)
+		b.tokens = min(burst, b.tokens+now.Sub(b.last).Seconds()*b.rate)
+		b.last = now
+		if b.tokens >= float64(n) || b.tokens >= burst {
+			b.tokens -= float64(n) // may go below zero for a chunk above the burst
+			b.mu.Unlock()
+			return
+		}
+		wait := time.Duration((float64(n) - b.tokens) / b.rate * float64(time.Second))
+		b.mu.Unlock()
+		time.Sleep(min(wait, 50*time.Millisecond))
+	}
 }
