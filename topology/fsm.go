@@ -215,6 +215,10 @@ func apply(t *Tree, c Command) error {
 		n := upsert(t, c.Name, KindPrimary)
 		n.Conninfo, n.State, n.Parent, n.Pinned = c.Conninfo, StateAlive, "", false
 		n.External = n.External || c.External
+		if c.Zone != "" {
+			// Only when given: a promotion keeps the standby's own zone.
+			n.Zone = c.Zone
+		}
 		t.Primary = c.Name
 		if c.Timeline != 0 {
 			t.Timeline = c.Timeline

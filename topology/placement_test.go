@@ -64,10 +64,15 @@ func TestPlace(t *testing.T) {
 			want:   map[string]string{"r1": "pg", "s1": "r1", "s2": "r1", "s3": "pg"},
 		},
 		{
-			name: "high tier goes to the least loaded relay even across zones",
-			tree: tree("pg", "pg:primary::::", "r1:relay:a::pg:", "r2:relay:b::pg:",
-				"x1:standby:a::r1:", "x2:standby:a::r1:", "h:standby:a:high::"),
+			name: "no zones: high tier goes to the least loaded relay",
+			tree: tree("pg", "pg:primary::::", "r1:relay:::pg:", "r2:relay:::pg:",
+				"x1:standby:::r1:", "x2:standby:::r1:", "h:standby::high::"),
 			want: map[string]string{"h": "r2"},
+		},
+		{
+			name: "no zones: relays stay shallow",
+			tree: tree("pg", "pg:primary::::", "r1:relay:::pg:", "r2:relay:::r1:", "r3:relay::::"),
+			want: map[string]string{"r3": "pg"},
 		},
 		{
 			name:   "depth bound keeps relays shallow",
@@ -92,11 +97,153 @@ func TestPlace(t *testing.T) {
 	}
 }
 
+// Zones: a region's standbys stay on its relays, a remote region is fed by
+// a relay rather than by the primary, and a dead relay's children stay in
+// the region when they can. The primary pg is in zone a throughout unless
+// a case says otherwise.
+func TestPlaceZones(t *testing.T) {
+	tests := []struct {
+		name   string
+		tree   *Tree
+		policy Policy
+		want   map[string]string
+	}{
+		{
+			name: "standbys of every tier stay on their region's relay though it has more children",
+			tree: tree("pg", "pg:primary:a:::", "ra:relay:a::pg:", "rb:relay:b::ra:",
+				"x1:standby:b::rb:", "x2:standby:b::rb:", "x3:standby:b::rb:",
+				"h:standby:b:high::", "d:standby:b:default::", "bt:standby:b:batch::"),
+			want: map[string]string{"h": "rb", "d": "rb", "bt": "rb"},
+		},
+		{
+			name: "high tier in the primary's region stays there",
+			tree: tree("pg", "pg:primary:a:::", "r1:relay:a::pg:", "r2:relay:b::r1:",
+				"x1:standby:a::r1:", "x2:standby:a::r1:", "h:standby:a:high::"),
+			want: map[string]string{"h": "r1"},
+		},
+		{
+			name:   "a full region relay spills to another region, not to the primary",
+			tree:   tree("pg", "pg:primary:a:::", "ra:relay:a::pg:", "rb:relay:b::ra:", "x1:standby:b::rb:", "x2:standby:b::rb:", "s:standby:b:high::"),
+			policy: Policy{MaxChildren: 2},
+			want:   map[string]string{"s": "ra"},
+		},
+		{
+			name: "the region's relay dies: its children go to the region's other relay",
+			tree: tree("pg", "pg:primary:a:::", "ra:relay:a::pg:", "rb1:relay:b::ra:failed", "rb2:relay:b::rb1:",
+				"x1:standby:b::rb2:", "x2:standby:b::rb2:", "s1:standby:b:high:rb1:", "s2:standby:b::rb1:"),
+			want: map[string]string{"rb2": "ra", "s1": "rb2", "s2": "rb2"},
+		},
+		{
+			name: "the region's relays are all dead: across to another region's relay",
+			tree: tree("pg", "pg:primary:a:::", "ra:relay:a::pg:", "rb1:relay:b::ra:failed", "rb2:relay:b::rb1:failed",
+				"s1:standby:b::rb1:", "s2:standby:b::rb2:"),
+			want: map[string]string{"s1": "ra", "s2": "ra"},
+		},
+		{
+			name: "no relay is alive: the primary",
+			tree: tree("pg", "pg:primary:a:::", "ra:relay:a::pg:failed", "rb1:relay:b::ra:failed", "s1:standby:b::rb1:"),
+			want: map[string]string{"s1": "pg"},
+		},
+		{
+			name: "remote relays go below a relay, their region's first",
+			tree: tree("pg", "pg:primary:a:::", "ra:relay:a:::", "rb1:relay:b:::", "rb2:relay:b:::"),
+			want: map[string]string{"ra": "pg", "rb1": "ra", "rb2": "rb1"},
+		},
+		{
+			name: "the primary's region is placed first whatever the names",
+			tree: tree("pg", "pg:primary:a:::", "b1:relay:b:::", "za:relay:a:::"),
+			want: map[string]string{"za": "pg", "b1": "za"},
+		},
+		{
+			name: "a remote relay takes its region's relay over a shallower one",
+			tree: tree("pg", "pg:primary:a:::", "ra:relay:a::pg:", "rb1:relay:b::ra:", "rb2:relay:b::rb1:", "rb3:relay:b:::"),
+			want: map[string]string{"rb3": "rb1"},
+		},
+		{
+			name: "no relay in its region: the primary's region's relay, then any relay",
+			tree: tree("pg", "pg:primary:a:::", "b1:relay:b::pg:", "za:relay:a::pg:", "c1:relay:c:::"),
+			want: map[string]string{"c1": "za"},
+		},
+		{
+			name: "no relay in its or the primary's region: any relay before the primary",
+			tree: tree("pg", "pg:primary:a:::", "b1:relay:b::pg:", "c1:relay:c:::"),
+			want: map[string]string{"c1": "b1"},
+		},
+		{
+			name:   "the depth bound sends a remote relay to the primary",
+			tree:   tree("pg", "pg:primary:a:::", "ra:relay:a::pg:", "rb:relay:b:::"),
+			policy: Policy{MaxDepth: 1},
+			want:   map[string]string{"rb": "pg"},
+		},
+		{
+			name:   "the fan-out bound sends a remote relay to the primary",
+			tree:   tree("pg", "pg:primary:a:::", "ra:relay:a::pg:", "x:standby:a::ra:", "rb:relay:b:::"),
+			policy: Policy{MaxChildren: 1},
+			want:   map[string]string{"rb": "pg"},
+		},
+		{
+			name: "relays in the primary's region and relays without a zone stay shallow",
+			tree: tree("pg", "pg:primary:a:::", "rb:relay:b::pg:", "r0:relay:::rb:", "ra2:relay:a:::", "rn:relay::::"),
+			want: map[string]string{"ra2": "pg", "rn": "pg"},
+		},
+		{
+			name: "a primary without a zone: no relay is remote",
+			tree: tree("pg", "pg:primary::::", "ra:relay:a:::", "rb1:relay:b:::", "rb2:relay:b:::", "sb:standby:b:::"),
+			want: map[string]string{"ra": "pg", "rb1": "pg", "rb2": "pg", "sb": "rb1"},
+		},
+	}
+	for _, tt := range tests {
+		got := Place(tt.tree, tt.policy)
+		if !reflect.DeepEqual(got, tt.want) {
+			t.Errorf("%s:\n got  %v\n want %v", tt.name, got, tt.want)
+		}
+	}
+}
+
+// The e2e zone scenario as a script: each step changes states, places, and
+// checks every node's parent afterwards.
+func TestPlaceZoneScenario(t *testing.T) {
+	tr := tree("pg", "pg:primary:a:::", "ra:relay:a:::", "rb1:relay:b:::", "rb2:relay:b:::",
+		"sb1:standby:b:high::", "sb2:standby:b:::")
+	steps := []struct {
+		what   string
+		states map[string]State
+		want   map[string]string // every non-primary node's parent
+	}{
+		{"start", nil, map[string]string{"ra": "pg", "rb1": "ra", "rb2": "rb1", "sb1": "rb2", "sb2": "rb1"}},
+		{"rb1 dies", map[string]State{"rb1": StateFailed},
+			map[string]string{"ra": "pg", "rb1": "ra", "rb2": "ra", "sb1": "rb2", "sb2": "rb2"}},
+		{"rb2 dies too", map[string]State{"rb2": StateFailed},
+			map[string]string{"ra": "pg", "rb1": "ra", "rb2": "ra", "sb1": "ra", "sb2": "ra"}},
+		{"rb1 is back: nothing moves", map[string]State{"rb1": StateAlive},
+			map[string]string{"ra": "pg", "rb1": "ra", "rb2": "ra", "sb1": "ra", "sb2": "ra"}},
+		{"ra dies: rb1 to the primary, the standbys to rb1", map[string]State{"ra": StateFailed},
+			map[string]string{"ra": "pg", "rb1": "pg", "rb2": "ra", "sb1": "rb1", "sb2": "rb1"}},
+	}
+	for _, st := range steps {
+		for name, s := range st.states {
+			tr.Nodes[name].State = s
+		}
+		for child, parent := range Place(tr, Policy{}) {
+			tr.Nodes[child].Parent = parent
+		}
+		got := map[string]string{}
+		for _, name := range tr.Names() {
+			if name != tr.Primary {
+				got[name] = tr.Nodes[name].Parent
+			}
+		}
+		if !reflect.DeepEqual(got, st.want) {
+			t.Fatalf("%s:\n got  %v\n want %v", st.what, got, st.want)
+		}
+	}
+}
+
 // Placement is deterministic and never produces a loop or exceeds the
 // fan-out, on many generated trees.
 func TestPlaceProperties(t *testing.T) {
 	for seed := 0; seed < 200; seed++ {
-		specs := []string{"pg:primary::::"}
+		specs := []string{fmt.Sprintf("pg:primary:%s:::", []string{"", "z0", "z1"}[seed%3])}
 		nRelays, nStandbys := seed%5, seed%17
 		for i := 0; i < nRelays; i++ {
 			state := ""
@@ -125,6 +272,9 @@ func TestPlaceProperties(t *testing.T) {
 			if n.Kind == KindRelay && n.State == StateAlive && len(tr.Children(name)) > p.MaxChildren {
 				t.Fatalf("seed %d: relay %s has %d children", seed, name, len(tr.Children(name)))
 			}
+			if d := relaysAbove(tr, name); n.State == StateAlive && d > p.MaxDepth {
+				t.Fatalf("seed %d: %s is below %d relays", seed, name, d)
+			}
 			if n.State == StateAlive && n.Kind != KindPrimary && n.Parent == "" {
 				t.Fatalf("seed %d: %s left unplaced", seed, name)
 			}
@@ -133,4 +283,13 @@ func TestPlaceProperties(t *testing.T) {
 			}
 		}
 	}
+}
+
+// relaysAbove counts the relays between the primary and name.
+func relaysAbove(t *Tree, name string) int {
+	d := 0
+	for cur := t.Nodes[name].Parent; cur != "" && cur != t.Primary; cur = t.Nodes[cur].Parent {
+		d++
+	}
+	return d
 }

@@ -611,12 +611,13 @@ func applyCmd(use, short string, args cobra.PositionalArgs, build func(args []st
 }
 
 func newPrimaryCmd() *cobra.Command {
-	var conninfo string
+	var conninfo, zone string
 	var timeline uint32
 	var external bool
 	set := applyCmd("set NAME", "Register the primary", cobra.ExactArgs(1), func(a []string) (topology.Command, error) {
-		return topology.Command{Op: topology.OpSetPrimary, Name: a[0], Conninfo: conninfo, Timeline: timeline, External: external}, nil
+		return topology.Command{Op: topology.OpSetPrimary, Name: a[0], Conninfo: conninfo, Zone: zone, Timeline: timeline, External: external}, nil
 	}, func(c *cobra.Command) {
+		c.Flags().StringVar(&zone, "zone", "", "zone, for placement: relays in other zones are fed by relays (compressed links) rather than by the primary")
 		c.Flags().StringVar(&conninfo, "conninfo", "", "libpq connection string of the primary")
 		c.Flags().Uint32Var(&timeline, "timeline", 0, "the primary's timeline, if known")
 		c.Flags().BoolVar(&external, "external", false, "a member of a cluster another HA manager (Patroni) runs: never placed or re-pointed once it is a standby")
