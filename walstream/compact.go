@@ -26,7 +26,7 @@ func (s *Store) RunCompactor(ctx context.Context, interval time.Duration) error 
 			return nil
 		case <-t.C:
 		}
-		_, err := s.CompactOnce()
+		_, err := s.compactOnce(ctx)
 		switch {
 		case err != nil && IsNoSpace(err):
 			// Once per episode, not every interval: the upstream client
@@ -45,7 +45,10 @@ func (s *Store) RunCompactor(ctx context.Context, interval time.Duration) error 
 
 // CompactOnce rewrites every completed raw segment as a compressed file and
 // returns how many it did.
-func (s *Store) CompactOnce() (int, error) {
+func (s *Store) CompactOnce() (int, error) { return s.compactOnce(context.Background()) }
+
+// compactOnce is CompactOnce that stops between segments once ctx ends.
+func (s *Store) compactOnce(ctx context.Context) (int, error) {
 	s.mu.Lock()
 	var todo []*segment
 	for _, seg := range s.segs {
@@ -56,6 +59,9 @@ func (s *Store) CompactOnce() (int, error) {
 	s.mu.Unlock()
 	done := 0
 	for _, seg := range todo {
+		if ctx.Err() != nil {
+			return done, nil
+		}
 		if err := s.compactSegment(seg); err != nil {
 			return done, err
 		}

@@ -55,8 +55,16 @@ func (c *copyConn) next(deadline time.Time) (byte, []byte, error) {
 	return msg[0], msg[5:], nil
 }
 
-// buffered reports whether a whole or partial message is already read.
-func (c *copyConn) buffered() bool { return c.br.Buffered() > 0 }
+// buffered reports whether a whole message is already read: a partial one
+// may take a long time to complete on a slow link.
+func (c *copyConn) buffered() bool {
+	n := c.br.Buffered()
+	if n < 5 {
+		return false
+	}
+	hdr, _ := c.br.Peek(5)
+	return n >= 1+int(binary.BigEndian.Uint32(hdr[1:]))
+}
 
 // send writes one frontend message of type typ.
 func (c *copyConn) send(typ byte, body []byte) error {

@@ -624,6 +624,15 @@ func (u *Upstream) copyLoop(ctx context.Context, cc *copyConn, tli TimeLineID) e
 				pending = true
 				batch += n
 			}
+			if r && pending {
+				// Answer at once, as a walreceiver does, with what is
+				// durable so far: the batch may take long to complete.
+				if err := sendStatus(); err != nil {
+					return err
+				}
+				nextStatus = now.Add(u.cfg.StatusInterval)
+				r = false
+			}
 			reply = reply || r
 		case 'c':
 			return errTimelineEnded
