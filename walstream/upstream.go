@@ -425,6 +425,13 @@ func (u *Upstream) handshake(ctx context.Context, conn *pgconn.PgConn, log *slog
 		return 0, 0, &TimelineError{fmt.Sprintf("parent is on timeline %d, but the committed primary is on timeline %d: it is not the primary (fenced)", serverTLI, min)}
 	}
 	tli, end := u.store.WriteEnd()
+	if tli == 0 && u.cfg.Slot != "" {
+		// Start where the slot now holds WAL: the position read before
+		// the slot existed may be in a segment already recycled.
+		if again, err := pglogrepl.IdentifySystem(ctx, conn); err == nil {
+			sys = again
+		}
+	}
 	if tli == 0 {
 		tli, end = serverTLI, LSN(sys.XLogPos).SegmentStart(segSize)
 		if err := u.store.StartAt(tli, end); err != nil {
