@@ -264,8 +264,7 @@ func ScanSegment(data []byte, segStart LSN, id Identity) (recs []Record, stop er
 }
 
 // recoveredTail is what validating a segment's tail found: valid bytes end
-// on the last whole record; reached is how far bytes that look written go
-// (past valid when a record was cut only because its end was not written).
+// on the last whole record.
 type recoveredTail struct {
 	valid int
 	// nextEnd is where the record after the valid ones would end by its
