@@ -185,6 +185,9 @@ type Server struct {
 	stopOnce    sync.Once
 
 	feed feedState
+
+	// cast compresses WAL once for the compressed children following it.
+	cast *linkCast
 }
 
 // ErrServerClosed is returned by Serve after Shutdown.
@@ -211,6 +214,7 @@ func NewServer(cfg Config) (*Server, error) {
 		catchupTotal: newByteLimiter(cfg.MaxCatchupRateTotal),
 		feed:         feedState{hist: feed.NewHistory(6000)},
 	}
+	s.cast = &linkCast{compressed: s.m.linkCompressed}
 	// Backend PIDs name clients' temporary slots (pg_basebackup_<pid>); a
 	// random base keeps them apart across relay restarts.
 	var b [2]byte
@@ -322,6 +326,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 	s.mu.Unlock()
 	<-done
+	s.cast.close()
 	if ferr := s.slots.flush(); ferr != nil && err == nil {
 		err = ferr
 	}
@@ -366,6 +371,7 @@ type serverMetrics struct {
 	slotsInvalidated prometheus.Counter
 	corrupt          prometheus.Counter
 	storeBytes       prometheus.Gauge
+	linkCompressed   prometheus.Counter
 }
 
 func newServerMetrics(reg prometheus.Registerer) *serverMetrics {
@@ -388,12 +394,16 @@ func newServerMetrics(reg prometheus.Registerer) *serverMetrics {
 		storeBytes: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "walrelay_store_bytes", Help: "Bytes of WAL segment files held by the relay.",
 		}),
+		linkCompressed: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "walrelay_link_compressed_bytes_total",
+			Help: "WAL bytes compressed for compressed child links; WAL that several children follow together is compressed once.",
+		}),
 		sessions: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "walrelay_downstream_sessions_total", Help: "Downstream connections by how they ended.",
 		}, []string{"result"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.connections, m.sentBytes, m.sentWireBytes, m.sessions, m.slotsInvalidated, m.corrupt, m.storeBytes)
+		reg.MustRegister(m.connections, m.sentBytes, m.sentWireBytes, m.sessions, m.slotsInvalidated, m.corrupt, m.storeBytes, m.linkCompressed)
 	}
 	return m
 }

@@ -342,7 +342,7 @@ func (s *session) stream(tli walstream.TimeLineID, start walstream.LSN, slot str
 			return err
 		}
 		defer enc.Close()
-		ww.enc = enc
+		ww.enc, ww.cast = enc, s.srv.cast
 	}
 	pos := start
 	pinged := false
@@ -428,9 +428,14 @@ type walWriter struct {
 	scratch []byte // disk reads land here
 	iov     [][]byte
 	views   []walstream.View // pins on the store's memory behind iov
-	// On a compressed link, whole 'z' messages are built in zout.
-	enc  *walstream.LinkEncoder
-	zout []byte
+	// On a compressed link, 'z' headers and the child's own compressed
+	// bytes are built in zout; shared chunks are written from the cast.
+	enc    *walstream.LinkEncoder
+	cast   *linkCast
+	zout   []byte
+	follow castFollow
+	inZ    bool // a zstd frame is open in the child's decoder
+	ownZ   bool // ...and it is enc's
 }
 
 const (
@@ -461,6 +466,11 @@ func (s *session) sendWAL(w *walWriter, tli walstream.TimeLineID, pos, end walst
 			stop = pos + walstream.MaxSendSize
 			stop -= stop % walstream.PageSize
 		}
+		if w.enc != nil {
+			// Reach every window boundary exactly, where the shared
+			// compressed stream can be joined.
+			stop = min(stop, castBoundary(pos))
+		}
 		scratch := w.scratch[used : used+int(stop-pos)]
 		data, v, err := s.readWAL(tli, pos, scratch)
 		w.views = append(w.views, v)
@@ -474,11 +484,12 @@ func (s *session) sendWAL(w *walWriter, tli walstream.TimeLineID, pos, end walst
 			break
 		}
 		if w.enc != nil {
-			if err := w.appendCompressed(pos, end, now, data); err != nil {
+			n, err := w.appendCompressed(tli, pos, end, now, data, &iov)
+			if err != nil {
 				return pos, err
 			}
-			pos += walstream.LSN(len(data))
-			sent += len(data)
+			pos += walstream.LSN(n)
+			sent += n
 			continue
 		}
 		if &data[0] == &scratch[0] {
@@ -497,10 +508,7 @@ func (s *session) sendWAL(w *walWriter, tli walstream.TimeLineID, pos, end walst
 		return pos, errorf("58P01", "requested WAL at %s on timeline %d is not available on this relay", pos, tli)
 	}
 	bufs := net.Buffers(iov)
-	if w.enc != nil {
-		bufs = net.Buffers{w.zout}
-		w.zout = w.zout[:0]
-	}
+	w.zout = w.zout[:0]
 	wire, err := s.writeBatch(&bufs, end-pos > catchupLag)
 	if err != nil {
 		return pos, fmt.Errorf("send WAL at %s: %w", pos, err)
@@ -604,17 +612,53 @@ func (w *walWriter) release() {
 	w.views = w.views[:0]
 }
 
-// appendCompressed adds one 'z' message for data to w.zout.
-func (w *walWriter) appendCompressed(pos, end walstream.LSN, now int64, data []byte) error {
-	comp, err := w.enc.Compress(data)
+// appendCompressed adds one 'z' message to iov: the shared stream's chunk
+// at pos when the child can take it, else data compressed by the child's
+// own encoder. It returns the WAL bytes the message holds.
+func (w *walWriter) appendCompressed(tli walstream.TimeLineID, pos, end walstream.LSN, now int64, data []byte, iov *[][]byte) (int, error) {
+	ch, gen, shared, err := w.cast.take(tli, pos, data, w.follow)
 	if err != nil {
-		return fmt.Errorf("compress WAL at %s: %w", pos, err)
+		return 0, err
 	}
+	// Every switch of encoder, and every chunk at a window's start, begins
+	// a frame; the one the child is in ends first.
+	newFrame := shared && (!w.follow.following || w.follow.gen != gen || pos%castWindow == 0) ||
+		!shared && !w.ownZ
+	var payload []byte
+	raw := len(data)
+	if shared {
+		payload, raw = ch.payload, int(ch.end-ch.start)
+		w.follow, w.ownZ = castFollow{following: true, gen: gen}, false
+	} else {
+		if newFrame {
+			w.enc.NewFrame()
+		}
+		comp, err := w.enc.Compress(data)
+		if err != nil {
+			return 0, fmt.Errorf("compress WAL at %s: %w", pos, err)
+		}
+		w.cast.compressed.Add(float64(len(data)))
+		payload = comp
+		w.follow, w.ownZ = castFollow{}, true
+	}
+	var frameEnd []byte
+	if newFrame && w.inZ {
+		frameEnd = walstream.LinkFrameEnd
+	}
+	w.inZ = true
+	h := len(w.zout)
 	w.zout = append(w.zout, 'd')
-	w.zout = binary.BigEndian.AppendUint32(w.zout, uint32(4+29+len(comp)))
-	w.zout = walstream.AppendCompressedHeader(w.zout, pos, end, now, len(data))
-	w.zout = append(w.zout, comp...)
-	return nil
+	w.zout = binary.BigEndian.AppendUint32(w.zout, uint32(4+29+len(frameEnd)+len(payload)))
+	w.zout = walstream.AppendCompressedHeader(w.zout, pos, end, now, raw)
+	w.zout = append(w.zout, frameEnd...)
+	if !shared {
+		// comp is the encoder's buffer: copy it before the next message.
+		w.zout = append(w.zout, payload...)
+		*iov = append(*iov, w.zout[h:len(w.zout):len(w.zout)])
+		return raw, nil
+	}
+	*iov = append(*iov, w.zout[h:len(w.zout):len(w.zout)], payload)
+	return raw, nil
 }
 
 func (s *session) sendKeepalive(walEnd walstream.LSN, replyRequested bool) error {

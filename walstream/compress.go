@@ -22,7 +22,12 @@ import (
 // The zstd bytes continue one stream per connection (the context carries
 // across messages) and are flushed at every message boundary, so each
 // message decodes completely on arrival: rawLen bytes of WAL from dataStart.
-// Keepalives and the child's replies are unchanged.
+// The stream is a sequence of zstd frames: a sender may end the frame it is
+// in (LinkFrameEnd, at the start of a message's bytes) and begin a new one,
+// which lets a parent send several children the same compressed bytes from
+// a frame's start on. Frames carry no checksum, so a frame's end is the
+// same three bytes whoever encoded it. Keepalives and the child's replies
+// are unchanged.
 
 const (
 	// CompressionParam is the startup parameter and ParameterStatus name.
@@ -81,10 +86,16 @@ type LinkEncoder struct {
 	enc *zstd.Encoder
 }
 
-// NewLinkEncoder returns an encoder at zstd's default level (3).
+// LinkFrameEnd ends the zstd frame a link's stream is in: an empty last raw
+// block. A new frame may follow.
+var LinkFrameEnd = []byte{1, 0, 0}
+
+// NewLinkEncoder returns an encoder at zstd's default level (3). Its frames
+// carry no checksum (see LinkFrameEnd); TCP and the WAL records' own CRCs
+// cover the bytes.
 func NewLinkEncoder() (*LinkEncoder, error) {
 	e := &LinkEncoder{}
-	enc, err := zstd.NewWriter(&e.out, zstd.WithEncoderConcurrency(1),
+	enc, err := zstd.NewWriter(&e.out, zstd.WithEncoderConcurrency(1), zstd.WithEncoderCRC(false),
 		zstd.WithEncoderLevel(zstd.SpeedDefault), zstd.WithWindowSize(compressionWindow))
 	if err != nil {
 		return nil, err
@@ -104,6 +115,13 @@ func (e *LinkEncoder) Compress(raw []byte) ([]byte, error) {
 		return nil, err
 	}
 	return e.out.Bytes(), nil
+}
+
+// NewFrame makes the next Compress begin a new frame, with no history: the
+// caller sends LinkFrameEnd first when the receiver is inside a frame.
+func (e *LinkEncoder) NewFrame() {
+	e.out.Reset()
+	e.enc.Reset(&e.out)
 }
 
 // Close releases the encoder.

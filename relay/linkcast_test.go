@@ -1,0 +1,156 @@
+package relay
+
+import (
+	"bytes"
+	"fmt"
+	"math/rand"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgproto3"
+	dto "github.com/prometheus/client_model/go"
+
+	"github.com/walrelay/walrelay/internal/waltest"
+	"github.com/walrelay/walrelay/walstream"
+)
+
+// receiveZ reads a compressed link's WAL from `from` until `until` and
+// returns it decoded, checking that messages are contiguous.
+func (c *streamClient) receiveZ(from, until walstream.LSN) ([]byte, error) {
+	dec, err := walstream.NewLinkDecoder()
+	if err != nil {
+		return nil, err
+	}
+	defer dec.Close()
+	var out []byte
+	pos := from
+	c.nc.SetReadDeadline(time.Now().Add(60 * time.Second))
+	for pos < until {
+		msg, err := c.fe.Receive()
+		if err != nil {
+			return out, fmt.Errorf("receive at %s: %w", pos, err)
+		}
+		cd, ok := msg.(*pgproto3.CopyData)
+		if !ok {
+			return out, fmt.Errorf("got %T at %s", msg, pos)
+		}
+		switch cd.Data[0] {
+		case 'w':
+			return out, fmt.Errorf("uncompressed XLogData at %s on a compressed link", pos)
+		case walstream.MsgCompressedXLogData:
+			z, err := walstream.ParseCompressedXLogData(cd.Data)
+			if err != nil {
+				return out, err
+			}
+			if z.DataStart != pos {
+				return out, fmt.Errorf("message at %s, want %s", z.DataStart, pos)
+			}
+			data, err := dec.Decompress(z.Payload, z.RawLen)
+			if err != nil {
+				return out, fmt.Errorf("message at %s: %w", pos, err)
+			}
+			out = append(out, data...)
+			pos += walstream.LSN(len(data))
+		}
+	}
+	return out, nil
+}
+
+// Several compressed children read the same WAL, joining at different
+// places, while it is written in commit-sized and bulk-sized pieces. Each
+// must decode exactly the WAL in the store, and the relay must compress
+// it about once, not once per child.
+func TestSharedLinkCompression(t *testing.T) {
+	f := newFixture(t, 0)
+	const total = 14 << 20
+	want := make([]byte, 0, total)
+	// The WAL all children will read, written as it is appended.
+	gen := func(n int) []byte {
+		d := waltest.Generate(testSysID, testSeg, 1, uint64(f.end), n)
+		want = append(want, d...)
+		return d
+	}
+	f.appendRaw(t, gen(3<<20+12345)) // some history before anyone connects
+
+	type child struct {
+		name string
+		from walstream.LSN
+		c    *streamClient
+	}
+	start := func(name string, from walstream.LSN) child {
+		conn := f.connect(t, "walrelay.compression=zstd")
+		if conn.ParameterStatus(walstream.CompressionParam) != walstream.CompressionZstd {
+			t.Fatalf("%s: the relay did not confirm compression", name)
+		}
+		return child{name, from, startStream(t, conn, fmt.Sprintf("START_REPLICATION %s TIMELINE 1", from))}
+	}
+	children := []child{start("a", 0), start("b", 0), start("c", f.end), start("d", 1<<20+8192)}
+	var wg sync.WaitGroup
+	errs := make(chan error, 8)
+	got := make([][]byte, 8)
+	run := func(i int, ch child) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			b, err := ch.c.receiveZ(ch.from, total)
+			if err != nil {
+				errs <- fmt.Errorf("child %s: %w", ch.name, err)
+			}
+			got[i] = b
+		}()
+	}
+	for i, ch := range children {
+		run(i, ch)
+	}
+	rng := rand.New(rand.NewSource(1))
+	joined := false
+	for f.end < total {
+		n := 100 + rng.Intn(8000)
+		if rng.Intn(40) == 0 {
+			n = 512 << 10
+		}
+		n = min(n, total-int(f.end))
+		f.appendRaw(t, gen(n))
+		if !joined && f.end > 7<<20 {
+			// One joins near the tip, mid-window.
+			joined = true
+			children = append(children, start("e", f.end))
+			run(len(children)-1, children[len(children)-1])
+		}
+		if rng.Intn(4) == 0 {
+			time.Sleep(time.Millisecond)
+		}
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	if t.Failed() {
+		return
+	}
+	var sent int
+	for i, ch := range children {
+		if !bytes.Equal(got[i], want[ch.from:]) {
+			t.Errorf("child %s decoded %d bytes that differ from the store's WAL from %s", ch.name, len(got[i]), ch.from)
+		}
+		sent += len(got[i])
+	}
+	var m dto.Metric
+	if err := f.srv.m.linkCompressed.Write(&m); err != nil {
+		t.Fatal(err)
+	}
+	compressed := m.GetCounter().GetValue()
+	t.Logf("%d children received %.1f MiB of WAL; %.1f MiB compressed (%.2f per WAL byte written)",
+		len(children), float64(sent)/(1<<20), compressed/(1<<20), compressed/total)
+	// Each child may compress on its own until its first window boundary
+	// (4 MiB), and the one behind compresses alone while it catches up; the
+	// rest is shared. Without sharing this is the sum of what was sent.
+	if compressed > 0.6*float64(sent) {
+		t.Errorf("compressed %.0f bytes for %d sent: the children did not share", compressed, sent)
+	}
+	if compressed < float64(total-children[0].from) {
+		t.Errorf("compressed %.0f bytes, less than one copy of the WAL", compressed)
+	}
+}
