@@ -224,3 +224,94 @@ func benchLagging(b *testing.B, opts walstream.StoreOptions) {
 }
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+// BenchmarkCompressedFanout: N compressed children (relays in other
+// regions) follow the tip while WAL is written in commit-sized (8 KiB) or
+// bulk-sized (128 KiB) pieces. "shared" is the relay as built, compressing
+// once for all children that follow together; "own" makes every child
+// compress for itself, as before. Children do not decompress, so the CPU
+// per GB of WAL written is the relay's (plus the writer's).
+func BenchmarkCompressedFanout(b *testing.B) {
+	for _, n := range []int{2, 10} {
+		for _, piece := range []int{8 << 10, 128 << 10} {
+			for _, mode := range []string{"shared", "own"} {
+				b.Run(fmt.Sprintf("children=%d/piece=%dKiB/%s", n, piece>>10, mode), func(b *testing.B) {
+					benchCompressedFanout(b, n, piece, mode == "own")
+				})
+			}
+		}
+	}
+}
+
+func benchCompressedFanout(b *testing.B, children, piece int, own bool) {
+	walPerIter := 32 << 20
+	if piece < 64<<10 {
+		walPerIter = 8 << 20 // a store sync per piece
+	}
+	f := newFixture(b, 0)
+	f.srv.cast.off = own
+	clients := make([]*streamClient, children)
+	for i := range clients {
+		clients[i] = startStream(b, f.connect(b, "walrelay.compression=zstd"), "START_REPLICATION 0/0 TIMELINE 1")
+	}
+	// Real-looking WAL (records, page headers) so zstd sees its structure.
+	src := waltest.Generate(testSysID, testSeg, 1, 0, 4<<20)
+	var wire int64
+	var mu sync.Mutex
+	b.ResetTimer()
+	cpu0 := cpuTime()
+	for it := 0; it < b.N; it++ {
+		from := f.end
+		var wg sync.WaitGroup
+		for _, c := range clients {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				n := c.drainZ(b, from+walstream.LSN(walPerIter))
+				mu.Lock()
+				wire += n
+				mu.Unlock()
+			}()
+		}
+		for written := 0; written < walPerIter; written += piece {
+			off := written % len(src)
+			f.appendRaw(b, src[off:off+piece])
+		}
+		wg.Wait()
+	}
+	cpu := cpuTime() - cpu0
+	b.StopTimer()
+	gb := float64(b.N) * float64(walPerIter) / (1 << 30)
+	b.ReportMetric(cpu.Seconds()/gb, "cpu-s/GB-written")
+	b.ReportMetric(float64(b.N)*float64(walPerIter)*float64(children)/float64(wire), "ratio")
+}
+
+// drainZ reads compressed WAL until until, without decoding it, and
+// returns the bytes of 'z' messages read.
+func (c *streamClient) drainZ(b testing.TB, until walstream.LSN) int64 {
+	c.nc.SetReadDeadline(time.Now().Add(60 * time.Second))
+	var n int64
+	for {
+		msg, err := c.fe.Receive()
+		if err != nil {
+			b.Error(err)
+			return n
+		}
+		cd, ok := msg.(*pgproto3.CopyData)
+		if !ok {
+			b.Errorf("unexpected %T", msg)
+			return n
+		}
+		if cd.Data[0] == walstream.MsgCompressedXLogData {
+			z, err := walstream.ParseCompressedXLogData(cd.Data)
+			if err != nil {
+				b.Error(err)
+				return n
+			}
+			n += int64(len(cd.Data))
+			if z.DataStart+walstream.LSN(z.RawLen) >= until {
+				return n
+			}
+		}
+	}
+}

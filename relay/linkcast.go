@@ -23,6 +23,7 @@ import (
 // read, so there is no goroutine to own.
 type linkCast struct {
 	compressed prometheus.Counter // WAL bytes fed to zstd, shared or not
+	off        bool               // every child compresses alone (benchmarks compare)
 
 	mu     sync.Mutex
 	enc    *walstream.LinkEncoder // nil until first used
@@ -47,7 +48,7 @@ const castWindow = 4 << 20
 
 // castKeep is how many windows of chunks are kept, the newest included, so
 // a follower slightly behind the one making chunks still finds them.
-const castKeep = 2
+const castKeep = 8
 
 func castWindowOf(pos walstream.LSN) int64 { return int64(pos / castWindow) }
 
@@ -66,6 +67,9 @@ type castFollow struct {
 // data itself. A chunk returned at a window's start begins a new frame.
 func (c *linkCast) take(tli walstream.TimeLineID, pos walstream.LSN, data []byte, f castFollow) (castChunk, uint64, bool, error) {
 	aligned := pos%castWindow == 0
+	if c.off {
+		return castChunk{}, 0, false, nil
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if tli != c.tli {
