@@ -794,8 +794,9 @@ func reportRelayHealth(b *testing.B, r *relayProc) {
 			notable = append(notable, l[:min(len(l), 250)])
 		}
 	}
-	b.Logf("relay %s: upstream reconnects %.0f, compression %v (%.1f MiB of WAL in %.1f MiB on the wire, %.1fx); fsync p50 <= %.1f ms, p99 <= %.1f ms, max <= %.0f ms (%d); children's sessions ended %v; %d log lines of note: %s",
+	b.Logf("relay %s: upstream reconnects %.0f, compression %v (%.1f MiB of WAL in %.1f MiB on the wire, %.1fx); for compressed children it compressed %.1f MiB of WAL; fsync p50 <= %.1f ms, p99 <= %.1f ms, max <= %.0f ms (%d); children's sessions ended %v; %d log lines of note: %s",
 		r.ID, relayMetric(b, r, "walrelay_upstream_reconnects_total"), up["compression"], mib(raw), mib(wire), raw/max(wire, 1),
+		mib(relayMetric(b, r, "walrelay_link_compressed_bytes_total")),
 		1000*h.quantile(0.5), 1000*h.quantile(0.99), 1000*h.quantile(1), int(h.count), sessions, len(notable), strings.Join(notable[:min(len(notable), 4)], " | "))
 }
 

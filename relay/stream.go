@@ -616,19 +616,18 @@ func (w *walWriter) release() {
 // at pos when the child can take it, else data compressed by the child's
 // own encoder. It returns the WAL bytes the message holds.
 func (w *walWriter) appendCompressed(tli walstream.TimeLineID, pos, end walstream.LSN, now int64, data []byte, iov *[][]byte) (int, error) {
-	ch, gen, shared, err := w.cast.take(tli, pos, data, w.follow)
+	ch, follow, shared, err := w.cast.take(tli, pos, data, w.follow)
 	if err != nil {
 		return 0, err
 	}
 	// Every switch of encoder, and every chunk at a window's start, begins
 	// a frame; the one the child is in ends first.
-	newFrame := shared && (!w.follow.following || w.follow.gen != gen || pos%castWindow == 0) ||
-		!shared && !w.ownZ
+	newFrame := shared && (follow != w.follow || pos%castWindow == 0) || !shared && !w.ownZ
 	var payload []byte
 	raw := len(data)
 	if shared {
 		payload, raw = ch.payload, int(ch.end-ch.start)
-		w.follow, w.ownZ = castFollow{following: true, gen: gen}, false
+		w.follow, w.ownZ = follow, false
 	} else {
 		if newFrame {
 			w.enc.NewFrame()
