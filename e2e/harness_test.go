@@ -249,12 +249,30 @@ func (r *relayProc) stop(t testing.TB) {
 		if err != nil {
 			t.Errorf("relay %s exited with %v after SIGTERM", r.ID, err)
 		}
-	case <-time.After(20 * time.Second):
-		t.Errorf("relay %s did not stop within 20s of SIGTERM", r.ID)
-		r.cmd.Process.Kill()
-		<-r.done
+	case <-time.After(stopLimit):
+		t.Errorf("relay %s did not stop within %v of SIGTERM", r.ID, stopLimit)
+		// SIGQUIT: the Go runtime writes every goroutine's stack to the
+		// log, which shows what the shutdown waits for.
+		r.cmd.Process.Signal(syscall.SIGQUIT)
+		select {
+		case <-r.done:
+		case <-time.After(5 * time.Second):
+			r.cmd.Process.Kill()
+			<-r.done
+		}
+		if b, err := os.ReadFile(r.LogFile); err == nil {
+			if i := strings.LastIndex(string(b), "SIGQUIT"); i >= 0 {
+				t.Logf("relay %s goroutines at SIGQUIT:\n%s", r.ID, b[i:min(len(b), i+30000)])
+			}
+		}
 	}
 }
+
+// stopLimit is how long a relay may take to stop on SIGTERM. Its last
+// steps are fsyncs (the store's tail, a compacted segment, the spare
+// segment): with several tests' bulk loads being written back on one
+// shared disk, one was seen to take over 20 s.
+const stopLimit = 45 * time.Second
 
 // Kill sends SIGKILL and waits for the process to be gone.
 func (r *relayProc) Kill() {
