@@ -94,11 +94,12 @@ func BenchmarkCrossRegion(b *testing.B) {
 	if err := primary.Exec(ctx, "CREATE TABLE bulk(id int, v text)"); err != nil {
 		b.Fatal(err)
 	}
-	fleet := newStandbyFleet(b, primary, 2*regionStandbys)
+	per := envPositive("WALRELAY_REGION_STANDBYS", regionStandbys)
+	fleet := newStandbyFleet(b, primary, 2*per)
 	defer fleet.close()
 	regions := []region{
-		{name: "B", fleet: &standbyFleet{sbs: fleet.sbs[:regionStandbys], conns: fleet.conns[:regionStandbys]}},
-		{name: "C", fleet: &standbyFleet{sbs: fleet.sbs[regionStandbys:], conns: fleet.conns[regionStandbys:]}},
+		{name: "B", fleet: &standbyFleet{sbs: fleet.sbs[:per], conns: fleet.conns[:per]}},
+		{name: "C", fleet: &standbyFleet{sbs: fleet.sbs[per:], conns: fleet.conns[per:]}},
 	}
 	loads := []regionLoad{tpcbLoad(primary, d), bulkLoad(primary, envPositive("WALRELAY_REGION_BULK_MB", 256))}
 
@@ -170,7 +171,7 @@ func BenchmarkCrossRegion(b *testing.B) {
 }
 
 const (
-	regionStandbys = 4                     // standbys in each of B and C
+	regionStandbys = 4                     // standbys in each of B and C (WALRELAY_REGION_STANDBYS)
 	regionDelay    = 25 * time.Millisecond // one way, A to B and A to C
 	regionRate     = 20 << 20              // bytes per second, each direction of a link
 )
@@ -275,6 +276,7 @@ type regionRun struct {
 	peak     []float64         // per region: the most bytes a standby was behind during the load
 	growth   []float64         // per region: bytes/s the furthest-falling standby fell behind over the load's second half
 	catchUp  []time.Duration   // per region: from the end of the load until all its standbys replayed it
+	linkLate []time.Duration   // how late the links delivered each chunk downstream, beyond their delay (the rate's waits included)
 	restarts int               // times a standby's walreceiver started streaming again
 	why      string            // the first FATAL or ERROR line the standbys logged in the run
 }
@@ -298,6 +300,9 @@ func runRegions(b *testing.B, primary *pgcluster.Cluster, fleet *standbyFleet, r
 	start := flushLSN(b, mon)
 	waitAllReplayed(b, name, fleet, start, 3*time.Minute)
 	crossed0 := linkBytes(way.links)
+	for _, l := range way.links {
+		l.Late() // from the load on only
+	}
 	commits0 := xactCommits(b, mon)
 	probe := startRegionProbe(b, primary, fleet, way.relays)
 	cpu0 := cpuNow(b, primary, fleet, way.relays)
@@ -334,6 +339,9 @@ func runRegions(b *testing.B, primary *pgcluster.Cluster, fleet *standbyFleet, r
 		settled: settled,
 		rate:    mib(float64(settledBytes)) / float64(len(way.links)) / settled.Seconds(),
 		cpu:     cpuNow(b, primary, fleet, way.relays).minus(cpu0),
+	}
+	for _, l := range way.links {
+		r.linkLate = append(r.linkLate, l.Late()...)
 	}
 	r.restarts, r.why = walReceiverRestarts(fleet, logs0)
 	if ld.commits {
@@ -736,6 +744,11 @@ func reportWay(b *testing.B, regions []region, w regionWay) {
 		}
 		if r.restarts > 0 {
 			extra += fmt.Sprintf("; walreceivers started streaming again %d times (%s)", r.restarts, r.why)
+		}
+		if len(r.linkLate) > 0 {
+			extra += fmt.Sprintf("; the links delivered %d chunks downstream late by p50 %.1f ms p99 %.1f ms max %.0f ms beyond their delay",
+				len(r.linkLate), ms(percentile(r.linkLate, 50)), ms(percentile(r.linkLate, 99)), ms(percentile(r.linkLate, 100)))
+			b.ReportMetric(ms(percentile(r.linkLate, 99)), p+"link-late-p99-ms")
 		}
 		if len(relays) > 0 {
 			extra += "; relays (durable end): " + strings.Join(relays, "; ")

@@ -36,6 +36,29 @@ type faultProxy struct {
 type linkDir struct {
 	bucket tokenBucket
 	bytes  atomic.Int64
+
+	// late is how long after its due time each chunk was delivered (the
+	// rate's waits included): what the proxy itself, a process on a busy
+	// machine, added to the one-way delay.
+	lateMu sync.Mutex
+	late   []time.Duration
+}
+
+func (d *linkDir) noteLate(l time.Duration) {
+	d.lateMu.Lock()
+	if len(d.late) < 1<<20 {
+		d.late = append(d.late, l)
+	}
+	d.lateMu.Unlock()
+}
+
+// takeLate returns the lateness recorded since the last call.
+func (d *linkDir) takeLate() []time.Duration {
+	d.lateMu.Lock()
+	defer d.lateMu.Unlock()
+	l := d.late
+	d.late = nil
+	return l
 }
 
 // shapedQueueBytes bounds what one direction of one connection holds in
@@ -127,6 +150,9 @@ func (p *faultProxy) pipe(dst, src net.Conn, dir *linkDir) {
 			p.mu.Unlock()
 			<-resumed
 			dir.bucket.take(len(c.b))
+			if !c.due.IsZero() {
+				dir.noteLate(time.Since(c.due))
+			}
 			_, err := dst.Write(c.b)
 			inFlight.Lock()
 			queued -= len(c.b)
@@ -171,7 +197,11 @@ func (p *faultProxy) pipe(dst, src net.Conn, dir *linkDir) {
 			if stop {
 				return
 			}
-			queue <- chunk{b: buf[:n], due: time.Now().Add(latency)}
+			c := chunk{b: buf[:n]}
+			if latency > 0 {
+				c.due = time.Now().Add(latency)
+			}
+			queue <- c
 		}
 		if err != nil {
 			return
@@ -226,6 +256,11 @@ func (p *faultProxy) SetRate(bytesPerSec int64) {
 	p.toTarget.bucket.setRate(bytesPerSec)
 	p.fromTarget.bucket.setRate(bytesPerSec)
 }
+
+// Late returns how late the proxy delivered each chunk from the target
+// (the downstream direction) since the last call, beyond the one-way
+// delay.
+func (p *faultProxy) Late() []time.Duration { return p.fromTarget.takeLate() }
 
 // Bytes is how many bytes went through, to the target and back.
 func (p *faultProxy) Bytes() (toTarget, fromTarget int64) {
