@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
+	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/walrelay/walrelay/internal/waltest"
@@ -156,5 +157,77 @@ func TestSharedLinkCompression(t *testing.T) {
 	}
 	if compressed < float64(total-children[0].from) {
 		t.Errorf("compressed %.0f bytes, less than one copy of the WAL", compressed)
+	}
+}
+
+// The shared streams' rules, one call at a time: joining only at a frame
+// start, following within a window, starting over on a new timeline, and
+// never handing a chunk to a child whose decoder is in another frame.
+func TestLinkCastRules(t *testing.T) {
+	c := &linkCast{compressed: prometheus.NewCounter(prometheus.CounterOpts{Name: "x"})}
+	defer c.close()
+	wal := func(pos walstream.LSN, n int) []byte { return waltest.Generate(testSysID, testSeg, 1, uint64(pos), n) }
+	take := func(tli walstream.TimeLineID, pos walstream.LSN, n int, f castFollow) (castChunk, castFollow, bool) {
+		t.Helper()
+		ch, nf, ok, err := c.take(tli, pos, wal(pos, n), f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ok && (ch.start != pos || len(ch.payload) == 0) {
+			t.Fatalf("chunk at %s: %+v", pos, ch)
+		}
+		return ch, nf, ok
+	}
+	const w = castWindow
+	if _, _, ok := take(1, 8192, 8192, castFollow{}); ok {
+		t.Fatal("a child joined in the middle of a window")
+	}
+	first, a, ok := take(1, w, 8192, castFollow{})
+	if !ok || a.id == 0 {
+		t.Fatal("no stream started at a window's start")
+	}
+	if _, _, ok := take(1, w+8192, 4096, castFollow{}); ok {
+		t.Fatal("a child not in the stream got a chunk from the middle of its frame")
+	}
+	next, f, ok := take(1, w+8192, 4096, a)
+	if !ok || f != a {
+		t.Fatal("the follower did not get the stream's next chunk")
+	}
+	if again, f2, ok := take(1, w+8192, 9999, a); !ok || f2 != a || !bytes.Equal(again.payload, next.payload) || again.end != next.end {
+		t.Fatal("a second follower did not get the same chunk")
+	}
+	if again, f2, ok := take(1, w, 1, castFollow{}); !ok || f2 != a || !bytes.Equal(again.payload, first.payload) {
+		t.Fatal("a child joining at the frame start did not get the chunk made there")
+	}
+	// A new timeline starts over, at a frame start only; the old stream's
+	// followers and the old timeline's children compress on their own.
+	if _, _, ok := take(2, 2*w+100, 4096, a); ok {
+		t.Fatal("a new timeline joined in the middle of a window")
+	}
+	_, b, ok := take(2, 3*w, 4096, castFollow{})
+	if !ok || b.id == a.id {
+		t.Fatalf("new timeline: stream %v, old %v", b, a)
+	}
+	if _, _, ok := take(1, w+8192+4096, 4096, a); ok {
+		t.Fatal("a child on the old timeline was served from the new one's stream")
+	}
+	if _, _, ok := take(2, 3*w+4096, 4096, a); ok {
+		t.Fatal("a follower of a dropped stream got a chunk of another frame")
+	}
+	// Streams are bounded: a fifth place to start needs an idle stream.
+	for i := 0; i < castStreams-1; i++ {
+		if _, _, ok := take(2, walstream.LSN(10+i)*w, 4096, castFollow{}); !ok {
+			t.Fatalf("stream %d not started", i+2)
+		}
+	}
+	if _, _, ok := take(2, 20*w, 4096, castFollow{}); ok {
+		t.Fatal("a stream started past the bound while every stream was in use")
+	}
+	for _, s := range c.streams {
+		s.used = s.used.Add(-castIdle)
+	}
+	_, moved, ok := take(2, 20*w, 4096, castFollow{})
+	if !ok || moved.id <= b.id || len(c.streams) != castStreams {
+		t.Fatalf("an idle stream did not move where a child needed one: %v, %d streams", moved, len(c.streams))
 	}
 }
