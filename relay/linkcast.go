@@ -79,10 +79,12 @@ type castFollow struct{ id uint64 }
 
 // take returns the shared chunk that starts at pos, making it from data
 // (the WAL the child read from pos, not crossing a window boundary) when
-// the stream ends at pos. ok is false when the child must compress data
-// itself. A chunk returned at a window's start begins a new frame; any
-// other continues the stream f names.
-func (c *linkCast) take(tli walstream.TimeLineID, pos walstream.LSN, data []byte, f castFollow) (castChunk, castFollow, bool, error) {
+// the stream ends at pos. A chunk made earlier is taken only if it ends by
+// limit, the end of what the child may be sent (a timeline's switch point,
+// say). ok is false when the child must compress data itself. A chunk
+// returned at a window's start begins a new frame; any other continues the
+// stream f names.
+func (c *linkCast) take(tli walstream.TimeLineID, pos, limit walstream.LSN, data []byte, f castFollow) (castChunk, castFollow, bool, error) {
 	if c.off {
 		return castChunk{}, castFollow{}, false, nil
 	}
@@ -99,7 +101,7 @@ func (c *linkCast) take(tli walstream.TimeLineID, pos walstream.LSN, data []byte
 	now := time.Now()
 	mine := c.stream(f.id)
 	if mine != nil {
-		if ch, ok := mine.chunks[pos]; ok {
+		if ch, ok := mine.chunks[pos]; ok && ch.end <= limit {
 			mine.used = now
 			return ch, f, true, nil
 		}
@@ -110,7 +112,7 @@ func (c *linkCast) take(tli walstream.TimeLineID, pos walstream.LSN, data []byte
 	var idle *castStream
 	if aligned {
 		for _, s := range c.streams {
-			if ch, ok := s.chunks[pos]; ok {
+			if ch, ok := s.chunks[pos]; ok && ch.end <= limit {
 				s.used = now
 				return ch, castFollow{s.id}, true, nil
 			}

@@ -167,9 +167,10 @@ func TestLinkCastRules(t *testing.T) {
 	c := &linkCast{compressed: prometheus.NewCounter(prometheus.CounterOpts{Name: "x"})}
 	defer c.close()
 	wal := func(pos walstream.LSN, n int) []byte { return waltest.Generate(testSysID, testSeg, 1, uint64(pos), n) }
+	limit := walstream.LSN(1 << 40)
 	take := func(tli walstream.TimeLineID, pos walstream.LSN, n int, f castFollow) (castChunk, castFollow, bool) {
 		t.Helper()
-		ch, nf, ok, err := c.take(tli, pos, wal(pos, n), f)
+		ch, nf, ok, err := c.take(tli, pos, limit, wal(pos, n), f)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -199,6 +200,12 @@ func TestLinkCastRules(t *testing.T) {
 	if again, f2, ok := take(1, w, 1, castFollow{}); !ok || f2 != a || !bytes.Equal(again.payload, first.payload) {
 		t.Fatal("a child joining at the frame start did not get the chunk made there")
 	}
+	// Nobody is sent WAL past the end it may have (a switch point).
+	limit = next.end - 1
+	if _, _, ok := take(1, w+8192, 4096, a); ok {
+		t.Fatal("a follower got a chunk that ends past its limit")
+	}
+	limit = 1 << 40
 	// A new timeline starts over, at a frame start only; the old stream's
 	// followers and the old timeline's children compress on their own.
 	if _, _, ok := take(2, 2*w+100, 4096, a); ok {

@@ -616,7 +616,7 @@ func (w *walWriter) release() {
 // at pos when the child can take it, else data compressed by the child's
 // own encoder. It returns the WAL bytes the message holds.
 func (w *walWriter) appendCompressed(tli walstream.TimeLineID, pos, end walstream.LSN, now int64, data []byte, iov *[][]byte) (int, error) {
-	ch, follow, shared, err := w.cast.take(tli, pos, data, w.follow)
+	ch, follow, shared, err := w.cast.take(tli, pos, end, data, w.follow)
 	if err != nil {
 		return 0, err
 	}
