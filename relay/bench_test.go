@@ -63,25 +63,45 @@ func benchFanout(b *testing.B, consumers int) {
 	b.ReportMetric(cpu.Seconds()/(float64(delivered)/(1<<30)), "cpu-s/GB")
 }
 
-// drain reads and discards WAL until the client has received up to until.
-func (c *streamClient) drain(b testing.TB, until walstream.LSN) {
+// drain reads and discards WAL ('w', or 'z' without decoding it) until the
+// client has received up to until, and returns the bytes of the WAL
+// messages read.
+func (c *streamClient) drain(b testing.TB, until walstream.LSN) int64 {
 	c.nc.SetReadDeadline(time.Now().Add(60 * time.Second))
+	var n int64
 	for {
 		msg, err := c.fe.Receive()
 		if err != nil {
 			b.Error(err)
-			return
+			return n
 		}
 		cd, ok := msg.(*pgproto3.CopyData)
 		if !ok {
 			b.Errorf("unexpected %T", msg)
-			return
+			return n
 		}
-		if data := cd.Data; len(data) > walstream.XLogDataHeaderLen && data[0] == 'w' {
-			x, _ := walstream.ParseXLogData(data)
-			if x.DataStart+walstream.LSN(len(x.Data)) >= until {
-				return
+		var end walstream.LSN
+		switch data := cd.Data; data[0] {
+		case walstream.MsgXLogData:
+			x, err := walstream.ParseXLogData(data)
+			if err != nil {
+				b.Error(err)
+				return n
 			}
+			end = x.DataStart + walstream.LSN(len(x.Data))
+		case walstream.MsgCompressedXLogData:
+			z, err := walstream.ParseCompressedXLogData(data)
+			if err != nil {
+				b.Error(err)
+				return n
+			}
+			end = z.DataStart + walstream.LSN(z.RawLen)
+		default:
+			continue
+		}
+		n += int64(len(cd.Data))
+		if end >= until {
+			return n
 		}
 	}
 }
@@ -267,7 +287,7 @@ func benchCompressedFanout(b *testing.B, children, piece int, own bool) {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				n := c.drainZ(b, from+walstream.LSN(walPerIter))
+				n := c.drain(b, from+walstream.LSN(walPerIter))
 				mu.Lock()
 				wire += n
 				mu.Unlock()
@@ -284,34 +304,4 @@ func benchCompressedFanout(b *testing.B, children, piece int, own bool) {
 	gb := float64(b.N) * float64(walPerIter) / (1 << 30)
 	b.ReportMetric(cpu.Seconds()/gb, "cpu-s/GB-written")
 	b.ReportMetric(float64(b.N)*float64(walPerIter)*float64(children)/float64(wire), "ratio")
-}
-
-// drainZ reads compressed WAL until until, without decoding it, and
-// returns the bytes of 'z' messages read.
-func (c *streamClient) drainZ(b testing.TB, until walstream.LSN) int64 {
-	c.nc.SetReadDeadline(time.Now().Add(60 * time.Second))
-	var n int64
-	for {
-		msg, err := c.fe.Receive()
-		if err != nil {
-			b.Error(err)
-			return n
-		}
-		cd, ok := msg.(*pgproto3.CopyData)
-		if !ok {
-			b.Errorf("unexpected %T", msg)
-			return n
-		}
-		if cd.Data[0] == walstream.MsgCompressedXLogData {
-			z, err := walstream.ParseCompressedXLogData(cd.Data)
-			if err != nil {
-				b.Error(err)
-				return n
-			}
-			n += int64(len(cd.Data))
-			if z.DataStart+walstream.LSN(z.RawLen) >= until {
-				return n
-			}
-		}
-	}
 }
