@@ -36,12 +36,23 @@ type faultProxy struct {
 type linkDir struct {
 	bucket tokenBucket
 	bytes  atomic.Int64
+	peak   atomic.Int64 // most bytes one connection had in flight (read, not yet delivered)
 
 	// late is how long after its due time each chunk was delivered (the
 	// rate's waits included): what the proxy itself, a process on a busy
 	// machine, added to the one-way delay.
 	lateMu sync.Mutex
 	late   []time.Duration
+}
+
+// notePeak records the most bytes one connection had in flight.
+func (d *linkDir) notePeak(q int64) {
+	for {
+		p := d.peak.Load()
+		if q <= p || d.peak.CompareAndSwap(p, q) {
+			return
+		}
+	}
 }
 
 func (d *linkDir) noteLate(l time.Duration) {
@@ -192,6 +203,7 @@ func (p *faultProxy) pipe(dst, src net.Conn, dir *linkDir) {
 				space.Wait()
 			}
 			queued += n
+			dir.notePeak(int64(queued))
 			stop := dead
 			inFlight.Unlock()
 			if stop {
@@ -256,6 +268,12 @@ func (p *faultProxy) SetRate(bytesPerSec int64) {
 	p.toTarget.bucket.setRate(bytesPerSec)
 	p.fromTarget.bucket.setRate(bytesPerSec)
 }
+
+// PeakInFlight returns the most bytes from the target one connection had
+// in flight at once (sent into the link, not yet delivered) since the last
+// call: a sender that waits a round trip per message never has more than
+// one message there.
+func (p *faultProxy) PeakInFlight() int64 { return p.fromTarget.peak.Swap(0) }
 
 // Late returns how late the proxy delivered each chunk from the target
 // (the downstream direction) since the last call, beyond the one-way
