@@ -170,7 +170,23 @@ func TestRelayDiskFull(t *testing.T) {
 	}
 	waitStreaming(t, relay, 2, 10*time.Second) // the standby and pg_receivewal stay connected
 
-	// Space returns: the relay resumes and catches up with no help.
+	// Space returns: the relay resumes and catches up with no help. The
+	// room freed must hold what the primary wrote meanwhile (the pin keeps
+	// all of it), which under a loaded CI can be more than the filler: the
+	// operator then also grows the file system.
+	room := roomToReach(t, filler, full, ahead, segSize)
+	if room > 0 {
+		var fs syscall.Statfs_t
+		if err := syscall.Statfs(mnt, &fs); err != nil {
+			t.Fatal(err)
+		}
+		size := int64(fs.Blocks)*fs.Bsize + room
+		if out, err := exec.Command("mount", "-o", fmt.Sprintf("remount,size=%d", size), mnt).CombinedOutput(); err != nil {
+			t.Fatalf("grow the tmpfs by %d bytes: %v: %s", room, err, out)
+		}
+		t.Logf("the primary wrote %d MB while the disk was full, more than the filler frees: the tmpfs grows by %d MB too",
+			(ahead-full)>>20, room>>20)
+	}
 	freed := time.Now()
 	if err := os.Remove(filler); err != nil {
 		t.Fatal(err)
@@ -230,4 +246,18 @@ func TestRelayDiskFull(t *testing.T) {
 		t.Fatalf("only %d completed segments to compare", n)
 	}
 	t.Logf("%d completed segments through the relay, across the full disk, equal the primary's", n)
+}
+
+// roomToReach is how many bytes beyond the filler's size the relay needs to
+// store the WAL from full (a segment start) to ahead: the segments up to
+// the one holding ahead, plus the spare segment it prepares, plus one for
+// the WAL pgbench goes on writing; zero when the filler frees enough.
+func roomToReach(t *testing.T, filler string, full, ahead, segSize uint64) int64 {
+	t.Helper()
+	st, err := os.Stat(filler)
+	if err != nil {
+		t.Fatal(err)
+	}
+	need := int64((ahead/segSize - full/segSize + 3) * segSize)
+	return max(0, need-st.Size())
 }
