@@ -113,7 +113,7 @@ const (
 	OpAddStandby    Op = "add_standby"    // Name, Conninfo, Zone, Tier, Promotable
 	OpRemove        Op = "remove"         // Name
 	OpSetState      Op = "set_state"      // Name, State
-	OpAssign        Op = "assign"         // Assignments (placement), or Name+Parent+Pinned (move)
+	OpAssign        Op = "assign"         // Assignments and Was (placement), or Name+Parent+Pinned (move)
 	OpManager       Op = "manager"        // Name (Raft server ID), Conninfo (HTTP address); empty Conninfo removes
 )
 
@@ -131,6 +131,12 @@ type Command struct {
 	Pinned      bool              `json:"pinned,omitempty"`
 	Timeline    uint32            `json:"timeline,omitempty"`
 	Assignments map[string]string `json:"assignments,omitempty"`
+	// Was holds, for placement, the parent each assigned node had in the
+	// tree the placement was computed from ("" for none). A node whose
+	// parent has changed since (an operator's move committed in between)
+	// is left as it now is: the placement was for a tree that is gone.
+	// Entries written before it existed have none and apply as they are.
+	Was map[string]string `json:"was,omitempty"`
 }
 
 // Encode is the log entry's bytes.
@@ -279,6 +285,23 @@ func apply(t *Tree, c Command) error {
 				c.Assignments = map[string]string{}
 			}
 			c.Assignments[c.Name] = c.Parent
+		}
+		if c.Was != nil {
+			stale := map[string]bool{}
+			for child := range c.Assignments {
+				if n, ok := t.Nodes[child]; ok && n.Parent != c.Was[child] {
+					stale[child] = true
+				}
+			}
+			if len(stale) > 0 {
+				fresh := make(map[string]string, len(c.Assignments))
+				for child, parent := range c.Assignments {
+					if !stale[child] {
+						fresh[child] = parent
+					}
+				}
+				c.Assignments = fresh
+			}
 		}
 		for child, parent := range c.Assignments {
 			if err := checkAssign(t, child, parent); err != nil {

@@ -49,6 +49,42 @@ func TestFSMApply(t *testing.T) {
 	}
 }
 
+// A placement computed before an operator's move commits must not undo
+// the move (CI once saw "walrelay move r2 --to r1" lost this way, r2 left
+// under the primary for good); nodes whose parent is as the placement saw
+// it are still placed, and entries without Was apply as before.
+func TestFSMPlacementDoesNotUndoAMove(t *testing.T) {
+	f := NewFSM()
+	res := applyAll(t, f,
+		Command{Op: OpSetPrimary, Name: "pg1"},
+		Command{Op: OpRegisterRelay, Name: "r1"},
+		Command{Op: OpRegisterRelay, Name: "r2"},
+		Command{Op: OpRegisterRelay, Name: "r3"},
+		Command{Op: OpAssign, Assignments: map[string]string{"r1": "pg1"}},
+		// The move commits ...
+		Command{Op: OpAssign, Name: "r2", Parent: "r1", Pinned: true},
+		// ... after a placement made from the tree before it.
+		Command{Op: OpAssign, Assignments: map[string]string{"r2": "pg1", "r3": "pg1"}, Was: map[string]string{"r2": "", "r3": ""}},
+	)
+	for i, r := range res {
+		if r.Err != nil {
+			t.Fatalf("command %d: %v", i, r.Err)
+		}
+	}
+	tree := f.Tree()
+	if r2 := tree.Nodes["r2"]; r2.Parent != "r1" || !r2.Pinned {
+		t.Errorf("r2 = %+v, want the operator's parent r1, pinned", r2)
+	}
+	if r3 := tree.Nodes["r3"]; r3.Parent != "pg1" {
+		t.Errorf("r3 = %+v, want placed under pg1", r3)
+	}
+	// An entry from before Was existed assigns unconditionally.
+	applyAll(t, f, Command{Op: OpAssign, Assignments: map[string]string{"r2": "pg1"}})
+	if r2 := f.Tree().Nodes["r2"]; r2.Parent != "pg1" {
+		t.Errorf("r2 = %+v after a placement without Was, want pg1", r2)
+	}
+}
+
 func TestFSMRejectsInvalidCommandsWithoutChange(t *testing.T) {
 	f := NewFSM()
 	applyAll(t, f,

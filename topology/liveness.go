@@ -83,9 +83,14 @@ func (m *Manager) superviseOnce(now time.Time) {
 			m.apply(Command{Op: OpSetState, Name: name, State: StateAlive})
 		}
 	}
-	if moves := Place(m.fsm.Tree(), m.cfg.Policy); len(moves) > 0 {
+	tree = m.fsm.Tree()
+	if moves := Place(tree, m.cfg.Policy); len(moves) > 0 {
 		m.log.Info("placing nodes", "assignments", moves)
-		m.apply(Command{Op: OpAssign, Assignments: moves})
+		was := make(map[string]string, len(moves))
+		for child := range moves {
+			was[child] = tree.Nodes[child].Parent
+		}
+		m.apply(Command{Op: OpAssign, Assignments: moves, Was: was})
 		select {
 		case m.obs.kick <- struct{}{}:
 		default:
