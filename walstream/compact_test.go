@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/walrelay/walrelay/internal/waltest"
 )
@@ -122,5 +123,24 @@ func TestS2CompactedSegmentsReadBack(t *testing.T) {
 	}
 	if _, err := OpenStore(t.TempDir(), StoreOptions{Codec: "lz4"}); err == nil {
 		t.Fatal("an unknown codec was accepted")
+	}
+}
+
+// The compactor's rests come between frames and change nothing in the file:
+// a paced encoding is byte-identical to an unpaced one, and pause hears of
+// every frame with the time it took.
+func TestPacedCompactionSameBytes(t *testing.T) {
+	raw := make([]byte, 4*ZFrameSize+1000)
+	for i := range raw {
+		raw[i] = byte(i / 97)
+	}
+	var calls int
+	var took time.Duration
+	paced := encodeZSegmentPaced(raw, codecZstd, func(d time.Duration) { calls++; took += d })
+	if !bytes.Equal(paced, encodeZSegment(raw, codecZstd)) {
+		t.Fatal("a paced encoding differs from an unpaced one")
+	}
+	if calls != 5 || took <= 0 {
+		t.Errorf("pause called %d times over %v, want once per frame (5) with the time taken", calls, took)
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"github.com/walrelay/walrelay/internal/vfs"
 	"hash/crc32"
 	"sync"
+	"time"
 
 	"github.com/klauspost/compress/s2"
 	"github.com/klauspost/compress/zstd"
@@ -112,7 +113,11 @@ func codecs() (*zstd.Encoder, *zstd.Decoder) {
 }
 
 // encodeZSegment builds a compressed segment file from raw segment bytes.
-func encodeZSegment(raw []byte, codec byte) []byte {
+func encodeZSegment(raw []byte, codec byte) []byte { return encodeZSegmentPaced(raw, codec, nil) }
+
+// encodeZSegmentPaced is encodeZSegment calling pause, if set, after each
+// frame with how long that frame took to compress.
+func encodeZSegmentPaced(raw []byte, codec byte, pause func(took time.Duration)) []byte {
 	enc, _ := codecs()
 	n := (len(raw) + ZFrameSize - 1) / ZFrameSize
 	// WAL compresses at least 3x in practice; the body grows if not.
@@ -120,6 +125,7 @@ func encodeZSegment(raw []byte, codec byte) []byte {
 	index := make([]zframe, n)
 	off := int64(zsegHeaderLen + n*zsegIndexLen)
 	var scratch []byte
+	t0 := time.Now()
 	for i := 0; i < n; i++ {
 		chunk := raw[i*ZFrameSize : min(len(raw), (i+1)*ZFrameSize)]
 		if codec == codecS2 {
@@ -130,6 +136,10 @@ func encodeZSegment(raw []byte, codec byte) []byte {
 		index[i] = zframe{off: off, length: uint32(len(scratch)), crc: crc32.Checksum(scratch, castagnoli)}
 		body.Write(scratch)
 		off += int64(len(scratch))
+		if pause != nil {
+			pause(time.Since(t0))
+			t0 = time.Now()
+		}
 	}
 	out := make([]byte, 0, int(off))
 	out = append(out, zsegMagic...)
