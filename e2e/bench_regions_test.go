@@ -7,6 +7,8 @@ import (
 	"net/http"
 	"os"
 	"sort"
+	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -80,6 +82,11 @@ import (
 //
 // WALRELAY_REGION_SECONDS sets the TPC-B durations (default 30),
 // WALRELAY_REGION_PACED_TPS the paced load's rate (default 200),
+// WALRELAY_REGION_INIT_ZERO=on keeps the standbys' wal_init_zero on (the
+// benchmark turns it off, see below),
+// WALRELAY_REGION_LOADS which loads run (names, comma-separated: tpcb, bulk,
+// tpcb-200tps; default all), WALRELAY_REGION_TRACE=DIR writes every lag
+// sample of each run to a CSV file there,
 // WALRELAY_REGION_BULK_MB the bulk load's WAL in MiB (default 256),
 // WALRELAY_BENCH_RELAY_ARGS extra arguments for the relays, and
 // WALRELAY_PROFILE=FILE saves 10 s CPU profiles of the relays from the start
@@ -102,12 +109,36 @@ func BenchmarkCrossRegion(b *testing.B) {
 	per := envPositive("WALRELAY_REGION_STANDBYS", regionStandbys)
 	fleet := newStandbyFleet(b, primary, 2*per)
 	defer fleet.close()
+	if os.Getenv("WALRELAY_REGION_INIT_ZERO") != "on" {
+		// A standby's walreceiver zero-fills each new WAL segment file
+		// (wal_init_zero) before it receives more, and all the fleet's
+		// standbys start a segment at the same moment: here, on 2 shared
+		// cores, that stalled every one of them for about a second at
+		// each segment switch, in both ways alike, and was nearly all of
+		// their lag p99 (1.0-2.0 s against 58 ms without it, paced
+		// TPC-B, direct). Standbys on machines of their own do not queue
+		// behind each other's zero-fill.
+		for _, c := range fleet.conns {
+			if _, err := c.Exec(ctx, "ALTER SYSTEM SET wal_init_zero = off"); err != nil {
+				b.Fatal(err)
+			}
+			if _, err := c.Exec(ctx, "SELECT pg_reload_conf()"); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
 	regions := []region{
 		{name: "B", fleet: &standbyFleet{sbs: fleet.sbs[:per], conns: fleet.conns[:per]}},
 		{name: "C", fleet: &standbyFleet{sbs: fleet.sbs[per:], conns: fleet.conns[per:]}},
 	}
-	loads := []regionLoad{tpcbLoad(primary, d), bulkLoad(primary, envPositive("WALRELAY_REGION_BULK_MB", 256)),
-		pacedLoad(primary, d, envPositive("WALRELAY_REGION_PACED_TPS", 200))}
+	bulk := bulkLoad(primary, envPositive("WALRELAY_REGION_BULK_MB", 256))
+	loads := []regionLoad{tpcbLoad(primary, d), bulk, pacedLoad(primary, d, envPositive("WALRELAY_REGION_PACED_TPS", 200))}
+	if only := os.Getenv("WALRELAY_REGION_LOADS"); only != "" {
+		loads = slices.DeleteFunc(loads, func(l regionLoad) bool { return !slices.Contains(strings.Split(only, ","), l.name) })
+		if len(loads) == 0 {
+			b.Fatalf("WALRELAY_REGION_LOADS=%s names none of the loads", only)
+		}
+	}
 
 	direct := regionWay{name: "direct"}
 	ok := b.Run("way=direct", func(b *testing.B) {
@@ -154,7 +185,7 @@ func BenchmarkCrossRegion(b *testing.B) {
 	})
 	ok = ok && b.Run("backlog", func(b *testing.B) {
 		for i := 0; i < b.N; i++ {
-			treeBacklog(b, primary, fleet, tree, loads[1])
+			treeBacklog(b, primary, fleet, tree, bulk)
 		}
 	})
 	ok = ok && b.Run("sync", func(b *testing.B) {
@@ -344,6 +375,9 @@ func runRegions(b *testing.B, primary *pgcluster.Cluster, fleet *standbyFleet, r
 	if probeErr != nil {
 		b.Fatalf("%s: sampling replay lag: %v", name, probeErr)
 	}
+	if dir := os.Getenv("WALRELAY_REGION_TRACE"); dir != "" {
+		traceLags(b, filepath.Join(dir, strings.ReplaceAll(name, " ", "-")+".csv"), began, history, samples, relaySamples)
+	}
 	caught := catchUp(b, name, fleet, end, ended, 5*time.Minute)
 	settled, settledBytes := time.Since(began), linkBytes(way.links)-crossed0
 	// WAL written while the standbys caught up (autovacuum after the bulk
@@ -370,6 +404,28 @@ func runRegions(b *testing.B, primary *pgcluster.Cluster, fleet *standbyFleet, r
 	r.standbyFigures(regions, history, samples, atEnd, caught, end, began.Add(r.took/2))
 	r.relayFigures(b, way.relays, history, relaySamples, relayCPU0, fsync0)
 	return r
+}
+
+// traceLags writes every sample as a CSV row: seconds since the load began,
+// what was sampled (primary, standby index sN or relay index rN), its LSN
+// and, for standbys and relays, its lag in ms.
+func traceLags(b *testing.B, path string, began time.Time, history []lsnSample, standbys, relays [][]lsnSample) {
+	var sb strings.Builder
+	sb.WriteString("t,who,lsn,lag_ms\n")
+	for _, h := range history {
+		fmt.Fprintf(&sb, "%.3f,primary,%d,\n", h.at.Sub(began).Seconds(), h.lsn)
+	}
+	for prefix, sets := range map[string][][]lsnSample{"s": standbys, "r": relays} {
+		for i, set := range sets {
+			lags, at := replayLags(history, set)
+			for k := range lags {
+				fmt.Fprintf(&sb, "%.3f,%s%d,,%.1f\n", at[k].Sub(began).Seconds(), prefix, i, ms(lags[k]))
+			}
+		}
+	}
+	if err := os.WriteFile(path, []byte(sb.String()), 0o644); err != nil {
+		b.Fatal(err)
+	}
 }
 
 // standbyFigures sets the per-region figures from the standbys' samples
