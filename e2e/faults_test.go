@@ -52,10 +52,10 @@ func TestRelayKilledAndRestarted(t *testing.T) {
 }
 
 // compareStoreWithPgWAL reads every completed segment of the (stopped)
-// relay's store in its data directory dir, through the store so that compacted ones count
-// too, and compares it byte for byte with the same segment in pgWAL where
-// the primary still has it. It fails the test on a difference or when no
-// segment was in both.
+// relay's store in its data directory dir, through the store so that
+// compacted ones count too, and compares it byte for byte with the same
+// segment in pgWAL where the primary still has it. It fails the test on a
+// difference or when no segment was in both.
 func compareStoreWithPgWAL(t *testing.T, dir, pgWAL string) int {
 	t.Helper()
 	store, err := walstream.OpenStore(dir, walstream.StoreOptions{})
