@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
@@ -170,11 +171,70 @@ func prepareBase(base string) error {
 }
 
 // FreePort returns a TCP port on 127.0.0.1 that was free a moment ago.
+//
+// It picks below the kernel's ephemeral range (ip_local_port_range) when
+// it can: a port from that range, free when checked, can be taken by any
+// outgoing connection before the server it is meant for binds it (CI saw a
+// relay fail with "address already in use" that way). Ports are handed
+// out at most once per process, starting at a random place so that test
+// binaries running side by side rarely meet.
 func FreePort() (int, error) {
+	ports.mu.Lock()
+	defer ports.mu.Unlock()
+	if ports.given == nil {
+		ports.given = map[int]bool{}
+		ports.low, ports.high = portRange()
+		if ports.high > ports.low {
+			ports.next = ports.low + rand.IntN(ports.high-ports.low)
+		}
+	}
+	for i := 0; ports.high > ports.low && i < ports.high-ports.low; i++ {
+		p := ports.next
+		ports.next++
+		if ports.next >= ports.high {
+			ports.next = ports.low
+		}
+		if ports.given[p] {
+			continue
+		}
+		ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p))
+		if err != nil {
+			continue
+		}
+		ln.Close()
+		ports.given[p] = true
+		return p, nil
+	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return 0, fmt.Errorf("find a free port: %w", err)
 	}
 	defer ln.Close()
 	return ln.Addr().(*net.TCPAddr).Port, nil
+}
+
+// ports is what FreePort has handed out in this process.
+var ports struct {
+	mu        sync.Mutex
+	given     map[int]bool
+	low, high int // the range it picks from, [low, high)
+	next      int
+}
+
+// portRange is the range FreePort picks from: from 10000 up to the start
+// of the ephemeral range, or nothing if that starts too low to leave 1000.
+func portRange() (low, high int) {
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err != nil {
+		return 0, 0
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 1 {
+		return 0, 0
+	}
+	start, err := strconv.Atoi(f[0])
+	if err != nil || start < 11000 {
+		return 0, 0
+	}
+	return 10000, start
 }

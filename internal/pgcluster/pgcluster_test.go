@@ -3,6 +3,7 @@ package pgcluster
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
@@ -171,5 +172,31 @@ func TestClusterLifecycle(t *testing.T) {
 		if err := c.Stop(ctx); err != nil {
 			t.Fatalf("Stop after Kill: %v", err)
 		}
+	}
+}
+
+// FreePort hands out distinct, bindable ports, below the kernel's
+// ephemeral range where it has room, so that no outgoing connection takes
+// one before its server binds it.
+func TestFreePortOutsideEphemeralRange(t *testing.T) {
+	_, high := portRange()
+	seen := map[int]bool{}
+	for i := 0; i < 200; i++ {
+		p, err := FreePort()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if seen[p] {
+			t.Fatalf("port %d handed out twice", p)
+		}
+		seen[p] = true
+		if high > 0 && p >= high {
+			t.Fatalf("port %d is in the ephemeral range (from %d)", p, high)
+		}
+		ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p))
+		if err != nil {
+			t.Fatalf("port %d: %v", p, err)
+		}
+		ln.Close()
 	}
 }
