@@ -287,21 +287,13 @@ func apply(t *Tree, c Command) error {
 			c.Assignments[c.Name] = c.Parent
 		}
 		if c.Was != nil {
-			stale := map[string]bool{}
-			for child := range c.Assignments {
-				if n, ok := t.Nodes[child]; ok && n.Parent != c.Was[child] {
-					stale[child] = true
+			fresh := make(map[string]string, len(c.Assignments))
+			for child, parent := range c.Assignments {
+				if n, ok := t.Nodes[child]; !ok || n.Parent == c.Was[child] {
+					fresh[child] = parent
 				}
 			}
-			if len(stale) > 0 {
-				fresh := make(map[string]string, len(c.Assignments))
-				for child, parent := range c.Assignments {
-					if !stale[child] {
-						fresh[child] = parent
-					}
-				}
-				c.Assignments = fresh
-			}
+			c.Assignments = fresh
 		}
 		for child, parent := range c.Assignments {
 			if err := checkAssign(t, child, parent); err != nil {
