@@ -71,7 +71,7 @@ func (s *Store) compactOnce(ctx context.Context) (int, error) {
 		// a backlog (a bulk load, a restart) is compressed at full speed.
 		var pause func(time.Duration)
 		if len(todo)-i <= compactBacklog {
-			pause = func(took time.Duration) { time.Sleep(compactRest * took) }
+			pause = func(took time.Duration) { rest(ctx, compactRest*took) }
 		}
 		if err := s.compactSegment(seg, pause); err != nil {
 			return done, err
@@ -79,6 +79,17 @@ func (s *Store) compactOnce(ctx context.Context) (int, error) {
 		done++
 	}
 	return done, nil
+}
+
+// rest waits d or until ctx ends: a relay shutting down finishes the
+// segment at full speed instead of resting through it.
+func rest(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
 }
 
 // compactRest is how many times as long as it worked the compactor rests

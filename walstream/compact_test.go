@@ -2,6 +2,7 @@ package walstream
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"os"
 	"path/filepath"
@@ -142,5 +143,19 @@ func TestPacedCompactionSameBytes(t *testing.T) {
 	}
 	if calls != 5 || took <= 0 {
 		t.Errorf("pause called %d times over %v, want once per frame (5) with the time taken", calls, took)
+	}
+}
+
+// The compactor's rests end with its context: a relay that is stopping
+// does not wait out a paced segment.
+func TestCompactorRestEndsWithContext(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	done := make(chan struct{})
+	go func() { rest(ctx, time.Hour); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(time.Minute):
+		t.Fatal("rest waited out its hour after the context ended")
 	}
 }
