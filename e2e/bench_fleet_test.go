@@ -305,7 +305,7 @@ func backendPID(b *testing.B, conn *pgx.Conn) int {
 }
 
 func flushLSN(b *testing.B, conn *pgx.Conn) uint64 {
-	s, err := queryLSN(conn.PgConn(), "SELECT pg_current_wal_flush_lsn()")
+	s, err := queryLSN(conn.PgConn(), "pg_current_wal_flush_lsn()")
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -320,20 +320,29 @@ func xactCommits(b *testing.B, conn *pgx.Conn) int64 {
 	return c
 }
 
-// queryLSN runs a query returning one LSN, over the simple protocol; the
-// sample's time is halfway through the round trip.
-func queryLSN(conn *pgconn.PgConn, sql string) (lsnSample, error) {
-	t0 := time.Now()
+// queryLSN reads one LSN-valued expression (such as
+// "pg_last_wal_replay_lsn()") over the simple protocol, with the server's
+// clock_timestamp() as the sample's time: when the server read it, not when
+// the probe got the answer, which on a busy machine can be tens of
+// milliseconds later and would blur every lag measured from it.
+func queryLSN(conn *pgconn.PgConn, expr string) (lsnSample, error) {
+	sql := "SELECT " + expr + ", (extract(epoch FROM clock_timestamp()) * 1000000)::int8"
 	res, err := conn.Exec(context.Background(), sql).ReadAll()
-	t1 := time.Now()
 	if err != nil {
 		return lsnSample{}, err
 	}
-	if len(res) == 0 || len(res[0].Rows) == 0 || len(res[0].Rows[0]) == 0 || res[0].Rows[0][0] == nil {
+	if len(res) == 0 || len(res[0].Rows) == 0 || len(res[0].Rows[0]) != 2 || res[0].Rows[0][0] == nil {
 		return lsnSample{}, fmt.Errorf("%s: no LSN", sql)
 	}
 	lsn, err := pgcluster.ParseLSN(string(res[0].Rows[0][0]))
-	return lsnSample{at: t0.Add(t1.Sub(t0) / 2), lsn: lsn}, err
+	if err != nil {
+		return lsnSample{}, err
+	}
+	us, err := strconv.ParseInt(string(res[0].Rows[0][1]), 10, 64)
+	if err != nil {
+		return lsnSample{}, fmt.Errorf("%s: server time: %w", sql, err)
+	}
+	return lsnSample{at: time.UnixMicro(us), lsn: lsn}, nil
 }
 
 // postmasterPID is the first line of the data directory's postmaster.pid.
@@ -421,7 +430,7 @@ func waitAllReplayed(b *testing.B, way string, fleet *standbyFleet, lsn uint64, 
 	for {
 		var still []int
 		for _, i := range behind {
-			s, err := queryLSN(fleet.conns[i].PgConn(), "SELECT pg_last_wal_replay_lsn()")
+			s, err := queryLSN(fleet.conns[i].PgConn(), "pg_last_wal_replay_lsn()")
 			if err == nil {
 				at[i] = s.lsn
 			}
@@ -484,7 +493,7 @@ func (p *lagProbe) start() {
 		t := time.NewTicker(primaryEvery)
 		defer t.Stop()
 		for {
-			s, err := queryLSN(p.primary.PgConn(), "SELECT pg_current_wal_flush_lsn()")
+			s, err := queryLSN(p.primary.PgConn(), "pg_current_wal_flush_lsn()")
 			if err != nil {
 				p.fail(fmt.Errorf("primary: %w", err))
 				return
@@ -518,7 +527,7 @@ func (p *lagProbe) start() {
 				case <-t.C:
 				}
 				i := mine[j%len(mine)]
-				s, err := queryLSN(p.fleet.conns[i].PgConn(), "SELECT pg_last_wal_replay_lsn()")
+				s, err := queryLSN(p.fleet.conns[i].PgConn(), "pg_last_wal_replay_lsn()")
 				if err != nil {
 					p.fail(fmt.Errorf("%s: %w", p.fleet.sbs[i].Name, err))
 					return

@@ -26,7 +26,8 @@ type NodeStatus struct {
 	OldestLSN   walstream.LSN   `json:"oldest_lsn"`
 	Downstreams []SessionStatus `json:"downstreams"`
 	Slots       []SlotStatus    `json:"slots"`
-	Time        time.Time       `json:"time"`
+	// Time is when the positions were read.
+	Time time.Time `json:"time"`
 }
 
 // UpstreamReporter is what the status page needs from the upstream client.
@@ -39,6 +40,7 @@ func (s *Server) Status(up UpstreamReporter) NodeStatus {
 	src := s.cfg.Source
 	id, _ := src.Identity()
 	tli, durable := src.DurableEnd()
+	now := time.Now().UTC() // when the positions were read, for lag measured from them
 	st := NodeStatus{
 		NodeID:      s.cfg.NodeID,
 		SystemID:    strconv.FormatUint(id.SystemID, 10),
@@ -48,7 +50,7 @@ func (s *Server) Status(up UpstreamReporter) NodeStatus {
 		DurableLSN:  durable,
 		Downstreams: s.Sessions(),
 		Slots:       s.Slots(),
-		Time:        time.Now().UTC(),
+		Time:        now,
 	}
 	if oldest, ok := src.OldestLSN(tli); ok {
 		st.OldestLSN = oldest
