@@ -359,11 +359,21 @@ func patroniScenario(t *testing.T, via string) {
 	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(15 * time.Second) // longer than Patroni's ttl: it has decided
+	// Patroni has decided once another member leads, or once pg1 leads
+	// with a postmaster it started after the kill: until it notices, its
+	// view still shows pg1 leading and running.
 	var now string
-	waitFor(t, 60*time.Second, "a Patroni leader after the SIGKILL", func() (bool, error) {
+	waitFor(t, 90*time.Second, "a Patroni leader after the SIGKILL", func() (bool, error) {
 		now, _ = patroniLeader(members["pg2"].api)
-		return now != "", nil
+		if now != "pg1" {
+			return now != "", nil
+		}
+		b, err := os.ReadFile(filepath.Join(pg1.DataDir, "postmaster.pid"))
+		if err != nil {
+			return false, nil
+		}
+		p, _ := strconv.Atoi(strings.SplitN(string(b), "\n", 2)[0])
+		return p != 0 && p != pid, nil
 	})
 	old := "" // restarted by Patroni (on a new timeline)
 	if now != "pg1" {
