@@ -754,9 +754,16 @@ const (
 
 func startRegionProbe(b *testing.B, primary *pgcluster.Cluster, fleet *standbyFleet, relays []*relayProc) *regionProbe {
 	p := &regionProbe{primary: connectOtherDB(b, primary), done: make(chan struct{}), nsb: len(fleet.sbs)}
+	// WALRELAY_REGION_STANDBY_LSN=receive samples what the standbys have
+	// received and flushed instead of replayed: a tail in one and not the
+	// other is the standbys' replay, not the WAL's way to them.
+	standbyLSN := "pg_last_wal_replay_lsn()"
+	if os.Getenv("WALRELAY_REGION_STANDBY_LSN") == "receive" {
+		standbyLSN = "pg_last_wal_receive_lsn()"
+	}
 	var polls []func() (lsnSample, error)
 	for _, c := range fleet.conns {
-		polls = append(polls, func() (lsnSample, error) { return queryLSN(c.PgConn(), "pg_last_wal_replay_lsn()") })
+		polls = append(polls, func() (lsnSample, error) { return queryLSN(c.PgConn(), standbyLSN) })
 	}
 	for _, r := range relays {
 		polls = append(polls, func() (lsnSample, error) { return relayDurableSample(r) })
