@@ -597,16 +597,23 @@ func (u cpuUse) String() string {
 // what); the returned group ends when they are written.
 func profileRelays(b *testing.B, relays []*relayProc, what string) *sync.WaitGroup {
 	var wg sync.WaitGroup
-	p := os.Getenv("WALRELAY_PROFILE")
-	if p == "" {
-		return &wg
-	}
 	for _, r := range relays {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			saveProfileFor(b, r, strings.ReplaceAll(p, "NAME", r.ID+"-"+what), 10*time.Second)
-		}()
+		if p := os.Getenv("WALRELAY_PROFILE"); p != "" {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				saveProfileFor(b, r, strings.ReplaceAll(p, "NAME", r.ID+"-"+what), 10*time.Second)
+			}()
+		}
+		// Execution traces show where latency goes: go tool trace
+		// -pprof=sched (waiting for a CPU), -pprof=sync, -pprof=syscall.
+		if p := os.Getenv("WALRELAY_EXEC_TRACE"); p != "" {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				saveProfileURL(b, "http://"+r.HTTP+"/debug/pprof/trace?seconds=10", strings.ReplaceAll(p, "NAME", r.ID+"-"+what))
+			}()
+		}
 	}
 	return &wg
 }
