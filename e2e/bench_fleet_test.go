@@ -347,16 +347,25 @@ func queryLSN(conn *pgconn.PgConn, expr string) (lsnSample, error) {
 
 // postmasterPID is the first line of the data directory's postmaster.pid.
 func postmasterPID(b *testing.B, c *pgcluster.Cluster) int {
-	data, err := os.ReadFile(filepath.Join(c.DataDir, "postmaster.pid"))
+	pid, err := readPostmasterPID(c.DataDir)
 	if err != nil {
-		b.Fatal(err)
+		b.Fatalf("%s: %v", c.Name, err)
+	}
+	return pid
+}
+
+// readPostmasterPID reads the PID in dataDir's postmaster.pid.
+func readPostmasterPID(dataDir string) (int, error) {
+	data, err := os.ReadFile(filepath.Join(dataDir, "postmaster.pid"))
+	if err != nil {
+		return 0, err
 	}
 	line, _, _ := strings.Cut(string(data), "\n")
 	pid, err := strconv.Atoi(strings.TrimSpace(line))
 	if err != nil {
-		b.Fatalf("%s: postmaster.pid: %v", c.Name, err)
+		return 0, fmt.Errorf("postmaster.pid: %w", err)
 	}
-	return pid
+	return pid, nil
 }
 
 // procStat reads a process's parent, its own user+system CPU and that of

@@ -351,11 +351,10 @@ func patroniScenario(t *testing.T, via string) {
 	// SIGKILL of the leader's postgres: Patroni restarts it or fails over;
 	// either way everything follows the leader it names.
 	waitForAcks()
-	pidFile, err := os.ReadFile(filepath.Join(pg1.DataDir, "postmaster.pid"))
+	pid, err := readPostmasterPID(pg1.DataDir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	pid, _ := strconv.Atoi(strings.SplitN(string(pidFile), "\n", 2)[0])
 	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
@@ -368,12 +367,8 @@ func patroniScenario(t *testing.T, via string) {
 		if now != "pg1" {
 			return now != "", nil
 		}
-		b, err := os.ReadFile(filepath.Join(pg1.DataDir, "postmaster.pid"))
-		if err != nil {
-			return false, nil
-		}
-		p, _ := strconv.Atoi(strings.SplitN(string(b), "\n", 2)[0])
-		return p != 0 && p != pid, nil
+		p, err := readPostmasterPID(pg1.DataDir)
+		return err == nil && p != pid, nil
 	})
 	old := "" // restarted by Patroni (on a new timeline)
 	if now != "pg1" {
