@@ -200,8 +200,11 @@ func TestRelayDiskFull(t *testing.T) {
 	// Without the pin, the same fill is healed by the relay itself: --retain
 	// has been off since the disk filled, so it keeps only what its children
 	// need and goes on, the filler still there, saying nothing new.
+	passes := relayLogCount(t, relay, "removed old WAL segments")
 	dropRelaySlot(t, relay, "pin")
-	time.Sleep(6 * time.Second) // a retention pass removes what the pin held
+	waitFor(t, 30*time.Second, "a retention pass removing what the pin held", func() (bool, error) {
+		return relayLogCount(t, relay, "removed old WAL segments") > passes, nil
+	})
 	fill()
 	for i := 0; i < 12; i++ {
 		if err := insert('z'); err != nil {

@@ -162,6 +162,19 @@ type ackWriter struct {
 	maxGap  time.Duration // longest time between two acknowledgements
 }
 
+// waitAcks waits until n more commits than now are acknowledged.
+func (w *ackWriter) waitAcks(t testing.TB, n int64) {
+	t.Helper()
+	from := w.acked.Load()
+	waitFor(t, time.Minute, fmt.Sprintf("%d more acknowledged commits", n), func() (bool, error) {
+		return w.acked.Load() >= from+n, nil
+	})
+}
+
+// switchoverAcks is how many commits TestSwitchoverAndBack waits for on
+// each primary before switching over.
+const switchoverAcks = 50
+
 // takeMaxGap returns the longest time without an acknowledged commit since
 // the last call (the write unavailability of a failover in between).
 func (w *ackWriter) takeMaxGap() time.Duration {
@@ -451,7 +464,9 @@ func TestSwitchoverAndBack(t *testing.T) {
 	w := startAckWriter(func() *pgcluster.Cluster { return cur.Load() })
 	from, to := "pg", "c1"
 	for i := 0; i < 4; i++ {
-		time.Sleep(2 * time.Second)
+		// Each switchover happens under writes: some commits on the
+		// primary of the moment first.
+		w.waitAcks(t, switchoverAcks)
 		started := time.Now()
 		out := cliT(t, "switchover", "--to", to, "--manager", mt.mgr.url)
 		t.Logf("switchover %d to %s in %.1fs: %s", i+1, to, time.Since(started).Seconds(), strings.TrimSpace(out))
