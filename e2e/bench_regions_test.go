@@ -466,9 +466,10 @@ func traceLags(b *testing.B, path string, began time.Time, history []lsnSample, 
 	}
 	for prefix, sets := range map[string][][]lsnSample{"s": standbys, "r": relays} {
 		for i, set := range sets {
-			lags, at := replayLags(history, set)
-			for k := range lags {
-				fmt.Fprintf(&sb, "%.3f,%s%d,,%.1f\n", at[k].Sub(began).Seconds(), prefix, i, ms(lags[k]))
+			for _, s := range set {
+				if lags, at := replayLags(history, []lsnSample{s}); len(lags) == 1 {
+					fmt.Fprintf(&sb, "%.3f,%s%d,%d,%.1f\n", at[0].Sub(began).Seconds(), prefix, i, s.lsn, ms(lags[0]))
+				}
 			}
 		}
 	}
