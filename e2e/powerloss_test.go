@@ -5,6 +5,8 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/json"
+	"errors"
+	"io"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -366,7 +368,9 @@ func relayIdentity(t *testing.T, r *relayProc) walstream.Identity {
 	return id
 }
 
-// newestPartial is the segment the relay was writing and where it starts.
+// newestPartial is the segment the relay was writing and where it starts:
+// the newest .partial holding WAL, not the all-zero file the relay prepares
+// under the next segment's name (walstream's spare).
 func newestPartial(t *testing.T, r *relayProc, id walstream.Identity) (string, walstream.LSN) {
 	t.Helper()
 	names, err := filepath.Glob(filepath.Join(r.DataDir, "wal", "*"+walstream.PartialSuffix))
@@ -374,12 +378,29 @@ func newestPartial(t *testing.T, r *relayProc, id walstream.Identity) (string, w
 		t.Fatalf("no partial segment in the relay's store (%v)", err)
 	}
 	sort.Strings(names)
-	path := names[len(names)-1]
-	_, no, err := walstream.ParseSegmentFileName(strings.TrimSuffix(filepath.Base(path), walstream.PartialSuffix), id.SegmentSize)
-	if err != nil {
-		t.Fatal(err)
+	for i := len(names) - 1; i >= 0; i-- {
+		path := names[i]
+		head := make([]byte, walstream.PageSize)
+		f, err := os.Open(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = io.ReadFull(f, head)
+		f.Close()
+		if err != nil && !errors.Is(err, io.ErrUnexpectedEOF) && !errors.Is(err, io.EOF) {
+			t.Fatal(err)
+		}
+		if bytes.Count(head, []byte{0}) == len(head) {
+			continue
+		}
+		_, no, err := walstream.ParseSegmentFileName(strings.TrimSuffix(filepath.Base(path), walstream.PartialSuffix), id.SegmentSize)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return path, walstream.LSN(no * id.SegmentSize)
 	}
-	return path, walstream.LSN(no * id.SegmentSize)
+	t.Fatalf("no partial segment holding WAL in the relay's store: %q", names)
+	return "", 0
 }
 
 func overwrite(t *testing.T, path string, off int, b []byte) {

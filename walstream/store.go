@@ -123,7 +123,7 @@ type Store struct {
 	closed   bool
 	// spare delivers the outcome of preparing the next segment's file
 	// (spare.go); nil when none is under way. Writer only.
-	spare   chan error
+	spare   chan spareResult
 	spareWG sync.WaitGroup
 	// inlineSpare prepares the spare on the writer's path: the crash
 	// tests need one order of file operations to replay a seed.
@@ -286,6 +286,10 @@ func (s *Store) recover() error {
 	// Names sort by timeline, then segment: the last partial is the
 	// writer's; earlier ones end old timelines.
 	sort.Strings(partials)
+	partials, droppedNewest, err := s.dropUnusedPartials(partials)
+	if err != nil {
+		return err
+	}
 	for i, name := range partials {
 		if err := s.openPartial(name, i == len(partials)-1); err != nil {
 			return err
@@ -304,12 +308,89 @@ func (s *Store) recover() error {
 		if !newest.complete {
 			s.writer = newest
 		}
+		if droppedNewest && s.recovered == nil {
+			s.recovered = &RecoveredTail{Timeline: s.writeTLI, End: s.writeEnd}
+		}
 		s.durable.Store(uint64(s.writeEnd))
 		s.durableTLI.Store(uint32(s.writeTLI))
 		s.log.Info("store recovered", "dir", s.dir, "timeline", s.writeTLI, "durable_lsn", s.writeEnd.String(),
 			"segments", len(s.segs))
 	}
 	return nil
+}
+
+// dropUnusedPartials removes the spares among the sorted partials: files
+// that hold nothing but zeros and follow a segment the store holds on their
+// timeline (see spare.go). A spare is prepared under the next segment's name
+// while the writer's segment fills, so without this the writer's segment
+// would look like the end of an old timeline. A segment the writer had begun
+// but whose every byte was lost is all zeros too: dropping it leaves the
+// store ending where that segment starts, which is where it would resume, and
+// the recovered tail says so (so that acknowledged WAL found lost is still
+// reported). It returns the partials that remain.
+func (s *Store) dropUnusedPartials(partials []string) (kept []string, droppedNewest bool, err error) {
+	if !s.hasMeta {
+		return partials, false, nil
+	}
+	names := make(map[segKey]bool, len(partials))
+	keys := make([]segKey, len(partials))
+	for i, name := range partials {
+		tli, no, err := ParseSegmentFileName(strings.TrimSuffix(name, PartialSuffix), s.meta.SegmentSize)
+		if err != nil {
+			return nil, false, fmt.Errorf("store %s: unexpected file %s", s.dir, name)
+		}
+		keys[i] = segKey{tli, no}
+		names[keys[i]] = true
+	}
+	kept = partials[:0]
+	for i, name := range partials {
+		k := keys[i]
+		if k.no == 0 {
+			kept = append(kept, name)
+			continue
+		}
+		prev := segKey{k.tli, k.no - 1}
+		if _, held := s.segs[prev]; !held && !names[prev] {
+			kept = append(kept, name)
+			continue
+		}
+		zero, err := s.allZeroFile(filepath.Join(s.walDir(), name))
+		if err != nil {
+			return nil, false, err
+		}
+		if !zero {
+			kept = append(kept, name)
+			continue
+		}
+		if err := s.fs.Remove(filepath.Join(s.walDir(), name)); err != nil {
+			return nil, false, fmt.Errorf("remove unused segment file %s: %w", name, err)
+		}
+		droppedNewest = i == len(partials)-1
+	}
+	return kept, droppedNewest, nil
+}
+
+// allZeroFile reports whether the file at path holds only zero bytes. WAL
+// begins with a page header, so its first page settles it for a segment.
+func (s *Store) allZeroFile(path string) (bool, error) {
+	f, err := s.fs.Open(path)
+	if err != nil {
+		return false, fmt.Errorf("open %s: %w", path, err)
+	}
+	defer f.Close()
+	buf := make([]byte, 1<<20)
+	for off := int64(0); ; off += int64(len(buf)) {
+		n, err := f.ReadAt(buf, off)
+		if !allZero(buf[:n]) {
+			return false, nil
+		}
+		if errors.Is(err, io.EOF) {
+			return true, nil
+		}
+		if err != nil {
+			return false, fmt.Errorf("read %s: %w", path, err)
+		}
+	}
 }
 
 func (s *Store) openComplete(name string) error {
@@ -438,7 +519,7 @@ func (s *Store) openPartial(name string, newest bool) error {
 	seg.durable.Store(int64(valid))
 	s.segs[seg.key] = seg
 	if uint64(valid) == s.meta.SegmentSize {
-		return s.completeSegment(seg)
+		return s.completeSegment(seg, true)
 	}
 	if !newest {
 		// The last segment of a timeline that was switched away from.

@@ -164,7 +164,11 @@ func (s *Store) finishSegment(seg *segment) error {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.completeSegment(seg)
+	// No directory fsync for the rename here, on the writer's path: the
+	// segment's bytes are durable under its .partial name, which recovery
+	// completes the same way, and the next directory fsync (the spare's,
+	// moments later) makes the new name durable too.
+	return s.completeSegment(seg, false)
 }
 
 // SyncError is a failed fsync of WAL. After one the kernel may already have
@@ -233,18 +237,21 @@ func (s *Store) newSegment(tli TimeLineID, no uint64) error {
 	path := filepath.Join(s.walDir(), name)
 	// A full disk shows here, before any WAL is written into the segment,
 	// so a relay stops at a segment boundary instead of inside one.
-	f, err := s.openSegmentFile(path)
+	key := segKey{tli, no}
+	f, durable, err := s.openSegmentFile(key, path)
 	if err != nil {
 		return fmt.Errorf("create segment %s: %w", name, err)
 	}
-	if err := s.fs.SyncDir(s.walDir()); err != nil {
-		f.Close()
-		return fmt.Errorf("sync %s: %w", s.walDir(), err)
+	if !durable {
+		if err := s.fs.SyncDir(s.walDir()); err != nil {
+			f.Close()
+			return fmt.Errorf("sync %s: %w", s.walDir(), err)
+		}
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	buf := s.takeMemBuf()
-	seg := &segment{key: segKey{tli, no}, f: f, path: path, mem: buf.b, buf: buf, filled: true}
+	seg := &segment{key: key, f: f, path: path, mem: buf.b, buf: buf, filled: true}
 	s.segs[seg.key] = seg
 	s.writer = seg
 	s.memSegs = append(s.memSegs, seg)
@@ -259,16 +266,18 @@ func (s *Store) newSegment(tli TimeLineID, no uint64) error {
 	return nil
 }
 
-// completeSegment gives a full, fsynced segment its final name. Called with
-// s.mu held.
-func (s *Store) completeSegment(seg *segment) error {
+// completeSegment gives a full, fsynced segment its final name, durably if
+// syncDir. Called with s.mu held.
+func (s *Store) completeSegment(seg *segment, syncDir bool) error {
 	final := filepath.Join(s.walDir(), SegmentFileName(seg.key.tli, seg.key.no, s.meta.SegmentSize))
 	if err := s.fs.Rename(seg.path, final); err != nil {
 		return fmt.Errorf("rename %s: %w", seg.path, err)
 	}
 	seg.path = final // a retry after a failed directory sync renames in place
-	if err := s.fs.SyncDir(s.walDir()); err != nil {
-		return fmt.Errorf("sync %s: %w", s.walDir(), err)
+	if syncDir {
+		if err := s.fs.SyncDir(s.walDir()); err != nil {
+			return fmt.Errorf("sync %s: %w", s.walDir(), err)
+		}
 	}
 	seg.complete = true
 	seg.durable.Store(seg.size)
