@@ -80,11 +80,14 @@ type castFollow struct{ id uint64 }
 // take returns the shared chunk that starts at pos, making it from data
 // (the WAL the child read from pos, not crossing a window boundary) when
 // the stream ends at pos. A chunk made earlier is taken only if it ends by
-// limit, the end of what the child may be sent (a timeline's switch point,
-// say). ok is false when the child must compress data itself. A chunk
+// limit(), the end of what the child may be sent (a timeline's switch point,
+// say), read when a chunk is found: another child may have made it from WAL
+// that became durable after this one last looked, and refusing it would
+// make the child compress the same WAL again, on its own until the next
+// window. ok is false when the child must compress data itself. A chunk
 // returned at a window's start begins a new frame; any other continues the
 // stream f names.
-func (c *linkCast) take(tli walstream.TimeLineID, pos, limit walstream.LSN, data []byte, f castFollow) (castChunk, castFollow, bool, error) {
+func (c *linkCast) take(tli walstream.TimeLineID, pos walstream.LSN, limit func() walstream.LSN, data []byte, f castFollow) (castChunk, castFollow, bool, error) {
 	if c.off {
 		return castChunk{}, castFollow{}, false, nil
 	}
@@ -101,7 +104,7 @@ func (c *linkCast) take(tli walstream.TimeLineID, pos, limit walstream.LSN, data
 	now := time.Now()
 	mine := c.stream(f.id)
 	if mine != nil {
-		if ch, ok := mine.chunks[pos]; ok && ch.end <= limit {
+		if ch, ok := mine.chunks[pos]; ok && ch.end <= limit() {
 			mine.used = now
 			return ch, f, true, nil
 		}
@@ -112,7 +115,7 @@ func (c *linkCast) take(tli walstream.TimeLineID, pos, limit walstream.LSN, data
 	var idle *castStream
 	if aligned {
 		for _, s := range c.streams {
-			if ch, ok := s.chunks[pos]; ok && ch.end <= limit {
+			if ch, ok := s.chunks[pos]; ok && ch.end <= limit() {
 				s.used = now
 				return ch, castFollow{s.id}, true, nil
 			}

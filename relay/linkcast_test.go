@@ -160,6 +160,61 @@ func TestSharedLinkCompression(t *testing.T) {
 	}
 }
 
+// Two compressed children at the tip, as a relay's regional children are,
+// with commit-sized WAL arriving: each wakes at its own moment and sees its
+// own durable end, but the WAL is compressed once. A chunk the other child
+// made from WAL that became durable after this one looked is still taken
+// (before, it was refused, and the child compressed on its own to the next
+// window: 1.6-2x the WAL in this test).
+func TestSharedLinkCompressionAtTheTip(t *testing.T) {
+	f := newFixture(t, 0)
+	const total = 12 << 20
+	want := make([]byte, 0, total)
+	var kids []*streamClient
+	for range 2 {
+		conn := f.connect(t, "walrelay.compression=zstd")
+		kids = append(kids, startStream(t, conn, "START_REPLICATION 0/0 TIMELINE 1"))
+	}
+	var wg sync.WaitGroup
+	got := make([][]byte, len(kids))
+	errs := make([]error, len(kids))
+	for i, k := range kids {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			got[i], errs[i] = k.receiveZ(0, total)
+		}()
+	}
+	rng := rand.New(rand.NewSource(2))
+	for f.end < total {
+		n := min(100+rng.Intn(8000), total-int(f.end))
+		d := waltest.Generate(testSysID, testSeg, 1, uint64(f.end), n)
+		want = append(want, d...)
+		f.appendRaw(t, d)
+		if rng.Intn(8) == 0 {
+			time.Sleep(200 * time.Microsecond)
+		}
+	}
+	wg.Wait()
+	for i := range kids {
+		if errs[i] != nil {
+			t.Fatalf("child %d: %v", i, errs[i])
+		}
+		if !bytes.Equal(got[i], want) {
+			t.Fatalf("child %d decoded %d bytes that differ from the store's WAL", i, len(got[i]))
+		}
+	}
+	var m dto.Metric
+	if err := f.srv.m.linkCompressed.Write(&m); err != nil {
+		t.Fatal(err)
+	}
+	per := m.GetCounter().GetValue() / total
+	t.Logf("2 children at the tip: %.2f bytes compressed per WAL byte", per)
+	if per > 1.05 {
+		t.Errorf("compressed %.2f bytes per WAL byte for two children following the tip together, want about 1", per)
+	}
+}
+
 // The shared streams' rules, one call at a time: joining only at a frame
 // start, following within a window, starting over on a new timeline, and
 // never handing a chunk to a child whose decoder is in another frame.
@@ -170,7 +225,7 @@ func TestLinkCastRules(t *testing.T) {
 	limit := walstream.LSN(1 << 40)
 	take := func(tli walstream.TimeLineID, pos walstream.LSN, n int, f castFollow) (castChunk, castFollow, bool) {
 		t.Helper()
-		ch, nf, ok, err := c.take(tli, pos, limit, wal(pos, n), f)
+		ch, nf, ok, err := c.take(tli, pos, func() walstream.LSN { return limit }, wal(pos, n), f)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -343,6 +343,8 @@ func (s *session) stream(tli walstream.TimeLineID, start walstream.LSN, slot str
 		}
 		defer enc.Close()
 		ww.enc, ww.cast = enc, s.srv.cast
+		ww.durableEnd = s.srv.cfg.Source.DurableEnd
+		ww.limit = ww.currentLimit
 	}
 	pos := start
 	pinged := false
@@ -436,6 +438,12 @@ type walWriter struct {
 	follow castFollow
 	inZ    bool // a zstd frame is open in the child's decoder
 	ownZ   bool // ...and it is enc's
+	// durableEnd reads the source's timeline and durable end, for a shared
+	// chunk that ends past the end the batch began with (see linkCast.take).
+	durableEnd func() (walstream.TimeLineID, walstream.LSN)
+	limitTLI   walstream.TimeLineID
+	limitEnd   walstream.LSN
+	limit      func() walstream.LSN // w.currentLimit, bound once
 }
 
 const (
@@ -616,7 +624,8 @@ func (w *walWriter) release() {
 // at pos when the child can take it, else data compressed by the child's
 // own encoder. It returns the WAL bytes the message holds.
 func (w *walWriter) appendCompressed(tli walstream.TimeLineID, pos, end walstream.LSN, now int64, data []byte, iov *[][]byte) (int, error) {
-	ch, follow, shared, err := w.cast.take(tli, pos, end, data, w.follow)
+	w.limitTLI, w.limitEnd = tli, end
+	ch, follow, shared, err := w.cast.take(tli, pos, w.limit, data, w.follow)
 	if err != nil {
 		return 0, err
 	}
@@ -658,6 +667,16 @@ func (w *walWriter) appendCompressed(tli walstream.TimeLineID, pos, end walstrea
 	}
 	*iov = append(*iov, w.zout[h:len(w.zout):len(w.zout)], payload)
 	return raw, nil
+}
+
+// currentLimit is how far the child may be sent WAL of limitTLI now: the
+// durable end while that timeline is the source's newest, else the end the
+// batch began with (its switch point, or less).
+func (w *walWriter) currentLimit() walstream.LSN {
+	if tli, durable := w.durableEnd(); tli == w.limitTLI {
+		return max(durable, w.limitEnd)
+	}
+	return w.limitEnd
 }
 
 func (s *session) sendKeepalive(walEnd walstream.LSN, replyRequested bool) error {
