@@ -192,6 +192,24 @@ func TestConnectionLimitsAndStartupTimeout(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer b1.Close(ctx)
+	// A refused client holds no place while its error is on the way: the
+	// place is free to the next at once (here, again and again).
+	held := func() int {
+		f.srv.mu.Lock()
+		defer f.srv.mu.Unlock()
+		return len(f.srv.sessions) - f.srv.refused
+	}
+	for i := range 20 {
+		b1.Close(ctx)
+		for held() > 2 { // b1's session winding down
+			time.Sleep(time.Millisecond)
+		}
+		_, err = connect("a")
+		assertPgError(t, err, "53300", `too many connections for role "a"`)
+		if b1, err = connect("b"); err != nil {
+			t.Fatalf("round %d: a place held by a refused client: %v", i, err)
+		}
+	}
 	_, err = connect("c")
 	assertPgError(t, err, "53300", "sorry, too many clients already")
 

@@ -170,6 +170,9 @@ type Server struct {
 	mu        sync.Mutex
 	listeners map[net.Listener]struct{}
 	sessions  map[*session]struct{}
+	// refused counts the sessions in sessions that admit turned away:
+	// they only write their error and go, and hold no place meanwhile.
+	refused int
 	closing   bool
 	wg        sync.WaitGroup
 
@@ -283,6 +286,9 @@ func (s *Server) startSession(conn net.Conn) {
 		sess.run()
 		s.mu.Lock()
 		delete(s.sessions, sess)
+		if sess.refused {
+			s.refused--
+		}
 		s.mu.Unlock()
 	}()
 }
@@ -423,20 +429,26 @@ func (s *Server) SetRules(r Rules) {
 func (s *Server) admit(sess *session, user string) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if len(s.sessions) > s.cfg.MaxConnections {
+	refuse := func(err error) error {
+		// A client told "too many" may try again at once, and a
+		// place another client freed must be free then.
+		sess.refused = true
+		s.refused++
 		s.m.sessions.WithLabelValues("too_many").Inc()
-		return fatalf("53300", "sorry, too many clients already")
+		return err
+	}
+	if len(s.sessions)-s.refused > s.cfg.MaxConnections {
+		return refuse(fatalf("53300", "sorry, too many clients already"))
 	}
 	if max := s.cfg.MaxConnectionsPerUser; max > 0 {
 		n := 0
 		for other := range s.sessions {
-			if other != sess && other.user() == user {
+			if other != sess && !other.refused && other.user() == user {
 				n++
 			}
 		}
 		if n >= max {
-			s.m.sessions.WithLabelValues("too_many").Inc()
-			return fatalf("53300", "too many connections for role \"%s\"", user)
+			return refuse(fatalf("53300", "too many connections for role \"%s\"", user))
 		}
 	}
 	sess.mu.Lock()

@@ -38,8 +38,10 @@ type session struct {
 	ssl  bool
 	// peerCN is the common name of a verified client certificate.
 	peerCN string
-	pid    int32
-	log    *slog.Logger
+	// refused: admit turned the session away (guarded by srv.mu).
+	refused bool
+	pid     int32
+	log     *slog.Logger
 
 	// up is the connection to the relay's parent that commands passed
 	// through use; the session goroutine alone touches it.
