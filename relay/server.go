@@ -173,8 +173,8 @@ type Server struct {
 	// refused counts the sessions in sessions that admit turned away:
 	// they only write their error and go, and hold no place meanwhile.
 	refused int
-	closing   bool
-	wg        sync.WaitGroup
+	closing bool
+	wg      sync.WaitGroup
 
 	// catchup hands out turns to children far behind the tip (see
 	// session.writeBatch).
