@@ -179,11 +179,7 @@ func TestSegmentSwitchWithoutDirectoryFsync(t *testing.T) {
 // one left behind by a crash is removed at recovery, not taken for WAL.
 func TestSpareAcrossTimelineSwitch(t *testing.T) {
 	dir := t.TempDir()
-	s := openTestStore(t, dir)
-	s.Bind(testID, "15")
-	s.StartAt(1, 0)
-	writeWAL(t, s, 0, testSeg+5*PageSize, 40_000)
-	s.spareWG.Wait()
+	s := storeWithSpare(t, dir)
 	// A copy now is a crash with the writer in segment 1 and the spare
 	// named 2 beside it.
 	crashed := t.TempDir()
@@ -227,11 +223,7 @@ func TestSpareAcrossTimelineSwitch(t *testing.T) {
 // where the store ends, so that WAL acknowledged beyond it is reported.
 func TestLostNewestSegmentLeavesRecoveredTail(t *testing.T) {
 	dir := t.TempDir()
-	s := openTestStore(t, dir)
-	s.Bind(testID, "15")
-	s.StartAt(1, 0)
-	writeWAL(t, s, 0, testSeg+5*PageSize, 40_000)
-	s.spareWG.Wait()
+	s := storeWithSpare(t, dir)
 	s.Close()
 	seg1 := filepath.Join(dir, "wal", "000000010000000000000001.partial")
 	if err := os.WriteFile(seg1, make([]byte, testSeg), 0o600); err != nil {
@@ -248,6 +240,18 @@ func TestLostNewestSegmentLeavesRecoveredTail(t *testing.T) {
 	if got := readAll(t, s2, 0, 2*testSeg+PageSize); !bytes.Equal(got, waltest.Generate(testSysID, testSeg, 1, 0, 2*testSeg+PageSize)) {
 		t.Fatal("WAL read back differs")
 	}
+}
+
+// storeWithSpare is a store in dir holding WAL into its second segment,
+// with the third segment's spare ready.
+func storeWithSpare(t *testing.T, dir string) *Store {
+	t.Helper()
+	s := openTestStore(t, dir)
+	s.Bind(testID, "15")
+	s.StartAt(1, 0)
+	writeWAL(t, s, 0, testSeg+5*PageSize, 40_000)
+	s.spareWG.Wait()
+	return s
 }
 
 func dirNames(t *testing.T, fsys vfs.FS, dir string) []string {
