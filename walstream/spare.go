@@ -15,9 +15,9 @@ import (
 // under spareName, fdatasynced, renamed to the next segment's .partial name
 // and the directory fsynced, all before the writer needs it. The writer then
 // opens it with no directory fsync on its path: on a busy disk a directory
-// fsync is a journal commit, which waits for every other file's newly
-// allocated blocks (the standbys' own zero-filled segments, say) and took
-// 50-70 ms where a data fdatasync took 1-10. Only when the spare is not ready
+// fsync is a journal commit, which waits for other files' newly allocated
+// blocks (56-67 ms each at a relay's switch in the cross-region benchmark;
+// BenchmarkSegmentSwitch times the crossing). Only when the spare is not ready
 // or was named for another segment (the first segment, a new timeline, a full
 // disk) is a file filled or renamed on the writer's path.
 //

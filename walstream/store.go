@@ -370,8 +370,9 @@ func (s *Store) dropUnusedPartials(partials []string) (kept []string, droppedNew
 	return kept, droppedNewest, nil
 }
 
-// allZeroFile reports whether the file at path holds only zero bytes. WAL
-// begins with a page header, so its first page settles it for a segment.
+// allZeroFile reports whether the file at path holds only zero bytes. A
+// segment holding WAL begins with a page header, so only a spare is read
+// beyond its first chunk.
 func (s *Store) allZeroFile(path string) (bool, error) {
 	f, err := s.fs.Open(path)
 	if err != nil {
