@@ -272,7 +272,7 @@ func patroniScenario(t *testing.T, via string) {
 	finishWriter := func() { finishOnce.Do(func() { w.finish() }) }
 	defer finishWriter()
 	// follows checks that the managers, the relays and the standbys follow
-	// Patroni's leader on timeline tli, and that nothing follows old.
+	// Patroni's leader on the timeline it writes on, and that nothing follows old.
 	follows := func(step, want, old string) {
 		t.Helper()
 		started := time.Now()
@@ -282,14 +282,18 @@ func patroniScenario(t *testing.T, via string) {
 		})
 		leader.Store(members[want].pg)
 		// Patroni publishes the leader's new timeline a moment after the
-		// leader key: wait until both agree with the tree.
-		var tli int
-		waitFor(t, 60*time.Second, step+": the managers commit "+want+" on Patroni's timeline", func() (bool, error) {
+		// leader key, and restarts a crashed leader read-only on its old
+		// timeline before it promotes it: wait until the leader writes,
+		// and Patroni and the tree both name the timeline it writes on.
+		waitFor(t, 60*time.Second, step+": the managers commit "+want+" on its timeline", func() (bool, error) {
 			l, roles := patroniLeader(members[want].api)
 			if l != want {
 				return false, nil
 			}
-			tli, _ = strconv.Atoi(roles[want][strings.LastIndex(roles[want], "/")+1:])
+			tli, ok := writingTimeline(ctx, members[want].pg)
+			if !ok || roles[want] != "leader/running/"+strconv.Itoa(tli) {
+				return false, nil
+			}
 			tr, err := treeJSON(mgr.url)
 			return err == nil && tr.Tree.Primary == want && int(tr.Tree.Timeline) == tli, nil
 		})
@@ -383,6 +387,22 @@ func patroniScenario(t *testing.T, via string) {
 // matches no walsender) and the relays after them: a commit returns once
 // the Patroni replica and one relay have flushed it.
 const patroniSyncNames = "FIRST 2 (pg1, pg2, r1, r2)"
+
+// writingTimeline is the timeline c writes WAL on, and false while c is
+// in recovery or does not answer.
+func writingTimeline(ctx context.Context, c *pgcluster.Cluster) (int, bool) {
+	conn, err := c.Connect(ctx)
+	if err != nil {
+		return 0, false
+	}
+	defer conn.Close(ctx)
+	var seg string // pg_walfile_name refuses to run during recovery
+	if conn.QueryRow(ctx, "SELECT pg_walfile_name(pg_current_wal_lsn())").Scan(&seg) != nil || len(seg) < 8 {
+		return 0, false
+	}
+	tli, err := strconv.ParseUint(seg[:8], 16, 32)
+	return int(tli), err == nil
+}
 
 // showSetting is a setting's value on c, or "" when c does not answer.
 func showSetting(ctx context.Context, c *pgcluster.Cluster, name string) string {
