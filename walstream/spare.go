@@ -84,6 +84,8 @@ func (s *Store) startSpare(next segKey) {
 			err = s.fs.SyncDir(dir)
 		}
 		ch <- spareResult{path: path, err: err}
+		// After the file, which the writer waits for at the crossing.
+		s.prepareMemBuf(next, uint64(size))
 	}
 	if s.inlineSpare {
 		prepare()

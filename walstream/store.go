@@ -115,9 +115,11 @@ type Store struct {
 	cache    *frameCache
 	compress bool
 	codec    byte
-	memSegs  []*segment // segments whose bytes are in memory, oldest first
-	retired  []*memBuf  // memory of segments that left the tail, for reuse
-	writer   *segment   // the .partial segment being written, or nil
+	memSegs  []*segment             // segments whose bytes are in memory, oldest first
+	retired  []*memBuf              // memory of segments that left the tail, for reuse
+	nRetired atomic.Int32           // len(retired), for prepareMemBuf
+	fresh    atomic.Pointer[memBuf] // a new buffer, its pages touched (prepareMemBuf)
+	writer   *segment               // the .partial segment being written, or nil
 	writeTLI TimeLineID
 	writeEnd LSN // end of what was written (not necessarily synced)
 	closed   bool
@@ -128,6 +130,9 @@ type Store struct {
 	// inlineSpare prepares the spare on the writer's path: the crash
 	// tests need one order of file operations to replay a seed.
 	inlineSpare bool
+	// unprepared makes no memory ahead (prepareMemBuf), for the benchmark
+	// that measures what that saves.
+	unprepared bool
 
 	// durable is the end of what is fsynced, on durableTLI. Published after
 	// fsync, read without the lock by children.
@@ -526,7 +531,7 @@ func (s *Store) openPartial(name string, newest bool) error {
 		// The last segment of a timeline that was switched away from.
 		return nil
 	}
-	seg.buf = s.takeMemBuf()
+	seg.buf = s.takeMemBuf(seg.key)
 	seg.mem = seg.buf.b
 	copy(seg.mem, data[:valid])
 	s.memSegs = append(s.memSegs, seg)

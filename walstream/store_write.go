@@ -250,7 +250,7 @@ func (s *Store) newSegment(tli TimeLineID, no uint64) error {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	buf := s.takeMemBuf()
+	buf := s.takeMemBuf(key)
 	seg := &segment{key: key, f: f, path: path, mem: buf.b, buf: buf, filled: true}
 	s.segs[seg.key] = seg
 	s.writer = seg
