@@ -55,7 +55,7 @@ func (s *Store) takeMemBuf(key segKey) *memBuf {
 		// Only the segment it was made for takes it: the one before may
 		// still be starting when it is ready. Any other drops it.
 		ahead := m.seg.tli == key.tli && m.seg.no > key.no
-		if !ahead && s.fresh.CompareAndSwap(m, nil) && m.seg == key && uint64(len(m.b)) == s.meta.SegmentSize {
+		if !ahead && s.fresh.CompareAndSwap(m, nil) && m.seg == key {
 			return m
 		}
 	}
